@@ -132,7 +132,7 @@ class Embedder:
             raise ValueError(
                 f"The template alone takes {layout.fixed_length} tokens, leaving no room for the text within max_seq_length={self.max_seq_length}"
             )
-        encoded = self.pieces.encode_batch([layout.lead + t for t in texts])
+        encoded = self.pieces.encode_inputs(texts, layout.lead)
         truncated = sum(len(ids) > budget for ids in encoded)
         if truncated:
             warnings.warn(

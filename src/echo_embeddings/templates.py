@@ -227,6 +227,7 @@ class Layout:
     pooled: tuple[bool, ...]
     placeholder_piece: int | None
     lead: str
+    filler: int
 
     @property
     def fixed_length(self) -> int:
@@ -244,6 +245,9 @@ class Layout:
             if self.pooled[i]:
                 pooled.extend(range(len(ids), len(ids) + len(part)))
             ids.extend(part)
+        if not ids:
+            # Nothing at all to read (no prompt, no BOS, empty text): read one filler token.
+            return [self.filler], [0], placeholder
         if not pooled:
             # An empty pooled span (empty input): pool the token just before where it would be,
             # i.e. the model's state after reading the prompt. Documented in the README.
@@ -291,24 +295,31 @@ class PieceTokenizer:
                 return int(candidate)
         return self.encode(" ")[0]
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, literal: bool = False) -> list[int]:
+        """Ids for ``text`` as it reads mid-sentence; ``literal`` keeps special-token strings as text."""
         if not text:
             return []
         if not self.dummy_prefix:
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = self.tokenizer("\n" + text, add_special_tokens=False)["input_ids"]
+            return self._ids(text, literal)
+        ids = self._ids("\n" + text, literal)
         n = len(self._anchor)
-        if ids[:n] == self._anchor:
-            return ids[n:]
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[n:] if ids[:n] == self._anchor else self._ids(text, literal)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Tokenize many texts in one fast-tokenizer call."""
+    def _ids(self, text: str | list[str], literal: bool) -> list:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=literal)["input_ids"]
+
+    def encode_inputs(self, texts: list[str], lead: str = "") -> list[list[int]]:
+        """Tokenize user texts (each with the layout's ``lead``), special-token strings kept literal.
+
+        One fast-tokenizer call for the whole list. An empty text stays empty (no lone lead
+        space), so its pooled span falls back to the token before it.
+        """
+        texts = [lead + t if t else "" for t in texts]
         if not texts:
             return []
         if not self.dummy_prefix:
-            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [self.encode(t) for t in texts]
+            return self._ids(texts, literal=True)
+        return [self.encode(t, literal=True) for t in texts]
 
     def fixed(self, text: str) -> tuple[int, ...]:
         if text not in self._cache:
@@ -349,7 +360,8 @@ class PieceTokenizer:
         pooled = (False, *(p.pooled for p in pieces), False)
         if placeholder_piece is not None:
             placeholder_piece += 1
-        return Layout(template, tuple(segments), pooled, placeholder_piece, lead)
+        filler = next((t for t in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) if t is not None), 0)
+        return Layout(template, tuple(segments), pooled, placeholder_piece, lead, int(filler))
 
 
 def _special(token_id: int | None, name: str) -> tuple[int, ...]:
