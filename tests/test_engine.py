@@ -79,7 +79,7 @@ def test_single_string_is_not_split_into_characters(make_model) -> None:
 def test_literal_braces_and_special_strings(make_model, bpe_tokenizer) -> None:
     model = make_model("echo")
     text = "{x} {instruction} <|endoftext|>"
-    (prepared,) = model[0].embedder.prepare([text])
+    ((prepared,),) = model[0].embedder.prepare([text])
     pooled = bpe_tokenizer.decode([prepared.ids[i] for i in prepared.pooled])
     assert pooled.strip() == text
     # A special-token string typed by a user is text, not the special token.
@@ -91,7 +91,7 @@ def test_truncation_shortens_before_repeating_and_warns_once(make_model) -> None
     long_text = " ".join(["word"] * 200)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = model[0].embedder.prepare([long_text, "short", long_text])
+        prepared = [item[0] for item in model[0].embedder.prepare([long_text, "short", long_text])]
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and messages[0].startswith("2 of 3 inputs")
     ids = prepared[0].ids
@@ -110,10 +110,10 @@ def test_template_longer_than_the_budget_is_an_error(make_model) -> None:
 
 def test_custom_template_string_and_object(make_model, bpe_tokenizer) -> None:
     model = make_model("Summarize: {x*} in short.")
-    (prepared,) = model[0].embedder.prepare(["dogs run"])
+    ((prepared,),) = model[0].embedder.prepare(["dogs run"])
     assert bpe_tokenizer.decode([prepared.ids[i] for i in prepared.pooled]) == " dogs run"
     last = make_model(Template.parse("Say {x} in a word:", "last"))
-    (prepared,) = last[0].embedder.prepare(["dogs run"])
+    ((prepared,),) = last[0].embedder.prepare(["dogs run"])
     assert bpe_tokenizer.decode([prepared.ids[prepared.pooled[-1]]]) == ":"
 
 
@@ -122,9 +122,9 @@ def test_token_budget_batches_cap_padded_tokens(make_model) -> None:
 
     embedder = make_model("echo")[0].embedder
     prepared = embedder.prepare(MIXED * 4)
-    order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i].ids))
+    order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0].ids))
     batches = _length_batches(order, prepared, batch_size=100, max_tokens=120)
     assert sorted(i for b in batches for i in b) == list(range(len(prepared)))
     for batch in batches:
-        width = max(len(prepared[i].ids) for i in batch)
+        width = max(len(prepared[i][0].ids) for i in batch)
         assert len(batch) == 1 or len(batch) * width <= 120

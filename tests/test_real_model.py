@@ -37,7 +37,7 @@ def test_real_tokenizer_spans(smollm2) -> None:
     for strategy in ("echo", "prompteol", "mean"):
         embedder.preset = echo_embeddings.as_preset(strategy)
         try:
-            (prepared,) = embedder.prepare(['He said "hi" {x} <|im_end|>.'])
+            ((prepared,),) = embedder.prepare(['He said "hi" {x} <|im_end|>.'])
         finally:
             embedder.preset = echo_embeddings.as_preset("echo")
         pooled = tokenizer.decode([prepared.ids[i] for i in prepared.pooled])

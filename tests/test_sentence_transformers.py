@@ -108,11 +108,11 @@ def test_checkpoint_ids_pick_their_templates() -> None:
     from echo_embeddings.templates import CHECKPOINT_PRESETS, PRESETS
 
     for checkpoint, preset in CHECKPOINT_PRESETS.items():
-        template = PRESETS[preset].template("query")
+        (template,) = PRESETS[preset].templates("query")
         assert template.render("x", "i") == "Instruct: i,\nQuery: x\nQuery again: x<eos>"
-        assert PRESETS[preset].template("document").render("x") == "Document: x\nDocument again: x<eos>"
-    assert PRESETS["echo-mistral-lasttoken"].sentence.pooling == "last"
-    assert PRESETS["echo-mistral-meantoken"].sentence.pooling == "mean"
+        assert PRESETS[preset].templates("document")[0].render("x") == "Document: x\nDocument again: x<eos>"
+    assert PRESETS["echo-mistral-lasttoken"].sentence[0].pooling == "last"
+    assert PRESETS["echo-mistral-meantoken"].sentence[0].pooling == "mean"
 
 
 def test_checkpoint_id_selects_its_preset(bpe_tokenizer) -> None:

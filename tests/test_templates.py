@@ -39,14 +39,14 @@ def test_bad_pooling_and_unknown_preset() -> None:
 
 
 def test_registry_refuses_silent_overwrite() -> None:
-    preset = Preset("echo", Template.parse("{x}"))
+    preset = Preset("echo", (Template.parse("{x}"),))
     with pytest.raises(ValueError, match="already exists"):
         register_preset(preset)
 
 
 def test_render_is_human_readable() -> None:
-    assert PRESETS["echo"].sentence.render("hi") == "Rewrite the following sentence: hi\nThe rewritten sentence: hi"
-    query = PRESETS["echo"].template("query").render("q?", "Find it")
+    assert PRESETS["echo"].sentence[0].render("hi") == "Rewrite the following sentence: hi\nThe rewritten sentence: hi"
+    query = PRESETS["echo"].templates("query")[0].render("q?", "Find it")
     assert query == "Instruct: Find it\nQuery: q?\nQuery again: q?"
 
 
@@ -54,8 +54,12 @@ def test_render_is_human_readable() -> None:
 @pytest.mark.parametrize("task", [None, "query", "document"])
 def test_pooled_tokens_decode_to_the_intended_span(name: str, task: str | None, tokenizer) -> None:
     pieces = PieceTokenizer(tokenizer)
-    template = PRESETS[name].template(task)
-    layout = pieces.layout(template, "Retrieve passages")
+    for template in PRESETS[name].templates(task):
+        _check_spans(template, pieces, tokenizer)
+
+
+def _check_spans(template: Template, pieces: PieceTokenizer, tokenizer) -> None:
+    layout = pieces.layout(template, "Retrieve passages", placeholder=False)
     for text in TEXTS:
         (text_ids,) = pieces.encode_inputs([text], layout.lead)
         ids, pooled, _ = layout.build(text_ids)
@@ -67,7 +71,7 @@ def test_pooled_tokens_decode_to_the_intended_span(name: str, task: str | None, 
         assert (pooled_ids[-1:] if template.pooling == "last" else pooled_ids) == expected
         # And the whole sequence reads as the rendered template (modulo the tokenizer's own BOS).
         decoded = tokenizer.decode(ids, skip_special_tokens=False)
-        rendered = template.render(text, "Retrieve passages").replace("<eos>", tokenizer.eos_token or "")
+        rendered = template.render(text, "Retrieve passages").replace("<eos>", tokenizer.eos_token or "").replace("<tp>", "")
         assert decoded.removeprefix(tokenizer.bos_token or "").strip() == rendered.strip()
 
 
@@ -87,7 +91,7 @@ def _expected_span(template: Template, pieces: PieceTokenizer, text_ids: list[in
 
 def test_mean_echo_pools_exactly_the_second_copy(tokenizer) -> None:
     pieces = PieceTokenizer(tokenizer)
-    layout = pieces.layout(PRESETS["echo"].sentence)
+    layout = pieces.layout(PRESETS["echo"].sentence[0])
     text = "Dogs run in the park."
     ids, pooled, _ = layout.build(pieces.encode_inputs([text], layout.lead)[0])
     assert tokenizer.decode([ids[i] for i in pooled]).strip() == text
@@ -97,7 +101,7 @@ def test_mean_echo_pools_exactly_the_second_copy(tokenizer) -> None:
 
 def test_empty_text_pools_the_token_before_the_span(tokenizer) -> None:
     pieces = PieceTokenizer(tokenizer)
-    layout = pieces.layout(PRESETS["echo"].sentence)
+    layout = pieces.layout(PRESETS["echo"].sentence[0])
     ids, pooled, _ = layout.build(pieces.encode_inputs([""], layout.lead)[0])
     assert len(pooled) == 1 and tokenizer.decode([ids[pooled[0]]]).strip() == ":"
 

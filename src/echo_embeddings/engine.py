@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,16 +36,20 @@ def as_preset(strategy: str | Preset | Template, pooling: Pooling = "mean") -> P
     """A registered name, a Preset, a Template, or a template string such as ``"Say: {x*}"``."""
     if isinstance(strategy, Preset):
         return strategy
+    if isinstance(strategy, str) and "{" in strategy:
+        strategy = Template.parse(strategy, pooling)
     if isinstance(strategy, Template):
-        return Preset(strategy.spec or "custom", strategy)
-    if "{" in strategy:
-        return Preset(strategy, Template.parse(strategy, pooling))
+        return Preset(strategy.spec or "custom", (strategy,), token_prepending=strategy.has_placeholder)
     return get_preset(strategy)
 
 
 @dataclass
 class Batch:
-    """Right-padded tensors for one forward, plus where to pool."""
+    """Right-padded tensors for one forward, plus where to pool.
+
+    Rows are template-major: with ``groups`` templates (MetaEOL) row ``g * n + i`` is text
+    ``i`` in template ``g``, and the pooled vectors of a text's rows are averaged.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -52,44 +57,34 @@ class Batch:
     last_index: torch.Tensor
     placeholder_index: torch.Tensor | None
     pooling: Pooling
+    groups: int = 1
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(
-            move(self.input_ids), move(self.attention_mask), move(self.pool_mask), move(self.last_index), move(self.placeholder_index), self.pooling
-        )
+        tensors = (self.input_ids, self.attention_mask, self.pool_mask, self.last_index, self.placeholder_index)
+        return Batch(*(move(t) for t in tensors), self.pooling, self.groups)  # type: ignore[misc]
 
-    def as_features(self) -> dict[str, torch.Tensor | str]:
-        features: dict[str, torch.Tensor | str] = {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "pool_mask": self.pool_mask,
-            "last_index": self.last_index,
-            "pooling": self.pooling,
-        }
-        if self.placeholder_index is not None:
-            features["placeholder_index"] = self.placeholder_index
-        return features
+    _KEYS = ("input_ids", "attention_mask", "pool_mask", "last_index", "placeholder_index", "pooling", "groups")
+
+    def as_features(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._KEYS if getattr(self, key) is not None}
 
     @classmethod
-    def from_features(cls, features: dict) -> Batch:
-        return cls(
-            features["input_ids"],
-            features["attention_mask"],
-            features["pool_mask"],
-            features["last_index"],
-            features.get("placeholder_index"),
-            features["pooling"],
-        )
+    def from_features(cls, features: dict[str, Any]) -> Batch:
+        return cls(**{key: features.get(key) for key in cls._KEYS})
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """One text laid into its template: ids, pooled positions, placeholder position."""
+class Row:
+    """One text laid into one template: ids, pooled positions, placeholder position."""
 
     ids: list[int]
     pooled: list[int]
     placeholder: int | None = None
+
+
+Prepared = tuple[Row, ...]
+"""One text in each of its task's templates (one row, or eight for MetaEOL)."""
 
 
 @dataclass
@@ -97,73 +92,88 @@ class Embedder:
     """A decoder plus a strategy: the one pooling core behind every surface."""
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: Any
     preset: Preset
     plan: LayerPlan = field(default_factory=LayerPlan)
     instruction: str = DEFAULT_INSTRUCTION
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     placeholder_token: str | int | None = None
+    padding_side: str = "right"
 
     def __post_init__(self) -> None:
-        self.pieces = PieceTokenizer(self.tokenizer, self.placeholder_token)  # type: ignore[arg-type]
-        self._layouts: dict[tuple[Template, str], Layout] = {}
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        self.pieces = PieceTokenizer(self.tokenizer, self.placeholder_token)
+        self._layouts: dict[tuple[Template, str, bool], Layout] = {}
+        if self.plan.token_prepending and not self.preset.token_prepending:
+            raise ValueError(f"tp_layers are set but strategy {self.preset.name!r} has no token prepending; use a '+tp' strategy")
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def layout(self, task: str | None = None, instruction: str | None = None) -> Layout:
-        template = self.preset.template(task)
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def pooling(self, task: str | None = None) -> Pooling:
+        return self.preset.templates(task)[0].pooling
+
+    def layouts(self, task: str | None = None, instruction: str | None = None) -> list[Layout]:
         instruction = self.instruction if instruction is None else instruction
-        key = (template, instruction)
-        if key not in self._layouts:
-            layout = self.pieces.layout(template, instruction)
-            if self.plan.token_prepending and not layout.template.has_placeholder:
-                raise ValueError(f"Token prepending needs a {{tp}} placeholder in the template {template.spec!r}")
-            self._layouts[key] = layout
-        return self._layouts[key]
+        # Token prepending off (or start == stop): the placeholder is left out, so the
+        # sequence is exactly the base prompt's.
+        placeholder = self.plan.token_prepending
+        out = []
+        for template in self.preset.templates(task):
+            key = (template, instruction, placeholder)
+            if key not in self._layouts:
+                self._layouts[key] = self.pieces.layout(template, instruction, placeholder)
+            out.append(self._layouts[key])
+        return out
 
     def prepare(self, texts: Sequence[str], task: str | None = None, instruction: str | None = None) -> list[Prepared]:
-        """Tokenize each text once, truncate it so every copy fits, and lay it into the template."""
+        """Tokenize each text once, truncate it so every copy fits, and lay it into the templates."""
         texts = check_texts(texts)
-        layout = self.layout(task, instruction)
-        budget = (self.max_seq_length - layout.fixed_length) // layout.template.copies
+        layouts = self.layouts(task, instruction)
+        budget = min((self.max_seq_length - lay.fixed_length) // lay.template.copies for lay in layouts)
         if budget < 1:
-            raise ValueError(
-                f"The template alone takes {layout.fixed_length} tokens, leaving no room for the text within max_seq_length={self.max_seq_length}"
-            )
-        encoded = self.pieces.encode_inputs(texts, layout.lead)
-        truncated = sum(len(ids) > budget for ids in encoded)
+            longest = max(lay.fixed_length for lay in layouts)
+            raise ValueError(f"The template alone takes {longest} tokens, leaving no room for the text within max_seq_length={self.max_seq_length}")
+        encoded = {lead: self.pieces.encode_inputs(texts, lead) for lead in {lay.lead for lay in layouts}}
+        truncated = sum(len(ids) > budget for ids in next(iter(encoded.values())))
         if truncated:
             warnings.warn(
                 f"{truncated} of {len(texts)} inputs were longer than {budget} tokens and were truncated before "
                 f"repetition so that the prompt fits max_seq_length={self.max_seq_length}",
                 stacklevel=3,
             )
-        return [Prepared(*layout.build(ids[:budget])) for ids in encoded]
+        return [tuple(Row(*lay.build(encoded[lay.lead][i][:budget])) for lay in layouts) for i in range(len(texts))]
 
     def collate(self, items: Sequence[Prepared], pooling: Pooling) -> Batch:
-        longest = max(len(p.ids) for p in items)
-        pad = self.tokenizer.pad_token_id  # type: ignore[attr-defined]
-        input_ids = torch.full((len(items), longest), pad if pad is not None else 0, dtype=torch.long)
-        attention = torch.zeros((len(items), longest), dtype=torch.long)
-        pool_mask = torch.zeros((len(items), longest), dtype=torch.float32)
-        last = torch.empty(len(items), dtype=torch.long)
-        for row, p in enumerate(items):
-            input_ids[row, : len(p.ids)] = torch.tensor(p.ids)
-            attention[row, : len(p.ids)] = 1
-            pool_mask[row, p.pooled] = 1.0
-            last[row] = p.pooled[-1]
+        rows = [item[g] for g in range(len(items[0])) for item in items]
+        longest = max(len(r.ids) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), longest), pad if pad is not None else 0, dtype=torch.long)
+        attention = torch.zeros((len(rows), longest), dtype=torch.long)
+        pool_mask = torch.zeros((len(rows), longest), dtype=torch.float32)
+        last = torch.empty(len(rows), dtype=torch.long)
+        offsets = [longest - len(r.ids) if self.padding_side == "left" else 0 for r in rows]
+        for i, (r, off) in enumerate(zip(rows, offsets)):
+            input_ids[i, off : off + len(r.ids)] = torch.tensor(r.ids)
+            attention[i, off : off + len(r.ids)] = 1
+            pool_mask[i, [off + p for p in r.pooled]] = 1.0
+            last[i] = off + r.pooled[-1]
         placeholder = None
-        if items[0].placeholder is not None:
-            placeholder = torch.tensor([p.placeholder for p in items], dtype=torch.long)
-        return Batch(input_ids, attention, pool_mask, last, placeholder, pooling)
+        if rows[0].placeholder is not None:
+            placeholder = torch.tensor([off + r.placeholder for r, off in zip(rows, offsets)], dtype=torch.long)
+        return Batch(input_ids, attention, pool_mask, last, placeholder, pooling, len(items[0]))
 
     def tokenize(self, texts: Sequence[str], task: str | None = None, instruction: str | None = None) -> Batch:
-        return self.collate(self.prepare(texts, task, instruction), self.preset.template(task).pooling)
+        return self.collate(self.prepare(texts, task, instruction), self.pooling(task))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Pooled embeddings ``[batch, dim]`` in fp32; differentiable (no inference mode here)."""
+        """Pooled embeddings ``[texts, dim]`` in fp32; differentiable (no inference mode here)."""
         batch = batch.to(self.device)
         hidden = forward_hidden(self.model, batch.input_ids, batch.attention_mask, self.plan, batch.last_index, batch.placeholder_index)
         return pool(hidden, batch)
@@ -182,9 +192,9 @@ class Embedder:
     ) -> torch.Tensor:
         """Embed ``texts`` in input order; batches are length-sorted by token count."""
         prepared = self.prepare(texts, task, instruction)
-        pooling = self.preset.template(task).pooling
+        pooling = self.pooling(task)
         out = torch.empty((len(prepared), self.hidden_size), dtype=torch.float32)
-        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i].ids))
+        order = sorted(range(len(prepared)), key=lambda i: -_width(prepared[i]))
         with tqdm(total=len(prepared), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
             for chunk in _length_batches(order, prepared, batch_size, max_batch_tokens):
                 vectors = self.forward(self.collate([prepared[i] for i in chunk], pooling))
@@ -194,9 +204,9 @@ class Embedder:
             out = nn.functional.normalize(out, p=2, dim=1)
         return out
 
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)  # type: ignore[union-attr]
+
+def _width(item: Prepared) -> int:
+    return max(len(r.ids) for r in item)
 
 
 def _length_batches(order: list[int], prepared: list[Prepared], batch_size: int, max_tokens: int | None) -> list[list[int]]:
@@ -204,8 +214,9 @@ def _length_batches(order: list[int], prepared: list[Prepared], batch_size: int,
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        width = len(prepared[current[0]].ids) if current else len(prepared[i].ids)
-        if current and (len(current) >= batch_size or (max_tokens is not None and (len(current) + 1) * width > max_tokens)):
+        rows = len(prepared[i])
+        width = _width(prepared[current[0]]) if current else _width(prepared[i])
+        if current and (len(current) >= batch_size or (max_tokens is not None and (len(current) + 1) * rows * width > max_tokens)):
             batches.append(current)
             current = []
         current.append(i)
@@ -215,9 +226,13 @@ def _length_batches(order: list[int], prepared: list[Prepared], batch_size: int,
 
 
 def pool(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean over the pooled span, or its last token, in fp32."""
+    """Mean over the pooled span, or its last token, in fp32; averaged over a text's templates."""
     hidden = hidden.float()
     if batch.pooling == "last":
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
-    mask = batch.pool_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
+    else:
+        mask = batch.pool_mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    if batch.groups > 1:
+        pooled = pooled.view(batch.groups, -1, pooled.shape[-1]).mean(dim=0)
+    return pooled

@@ -44,6 +44,34 @@ class UnsupportedModelError(TypeError):
     pass
 
 
+@dataclass(frozen=True)
+class TPDefaults:
+    """Token-prepending layers and output layer for one model family and size."""
+
+    tp_start: int
+    tp_stop: int
+    output_layer: int
+
+
+# Keyed by (model_type, number of layers, vocabulary size or None for any). The 7-9B rows are
+# Fu et al.'s settings; the small rows were tuned on the dev sets (benchmarks/tune_tp.py).
+TP_DEFAULTS: dict[tuple[str, int, int | None], TPDefaults] = {
+    ("llama", 32, 32000): TPDefaults(1, 8, -2),  # LLaMA-2-7B: layers 1..7
+    ("llama", 32, 128256): TPDefaults(1, 4, -2),  # Llama-3-8B: layers 1..3
+    ("qwen2", 28, None): TPDefaults(1, 7, -2),  # Qwen2-7B: layers 1..6
+    ("gemma2", 42, None): TPDefaults(1, 7, -2),  # Gemma-2-9B: layers 1..6
+}
+
+
+def tp_defaults(model: nn.Module) -> TPDefaults:
+    """The table entry for this model, else layer 1 to the first quarter and the penultimate output."""
+    config = model.config  # type: ignore[union-attr]
+    n = len(decoder_layers(model))
+    key = (getattr(config, "model_type", ""), n)
+    found = TP_DEFAULTS.get((*key, getattr(config, "vocab_size", None))) or TP_DEFAULTS.get((*key, None))
+    return found or TPDefaults(min(1, n - 1), max(2, n // 4 + 1), -2)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks, found by name and length on the bare model (or one level down)."""
     n_layers = _num_layers(model)
@@ -116,8 +144,15 @@ def forward_hidden(
     """
     index, n = resolve_output_layer(model, plan.output_layer)
     early = index < n
+    # Explicit positions make left padding exact too (models otherwise count pads as positions).
+    inputs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=False,
+    )
     if not early and not plan.token_prepending:
-        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return model(**inputs).last_hidden_state
     layers = decoder_layers(model)
     if plan.token_prepending:
         if placeholder_index is None:
@@ -127,16 +162,18 @@ def forward_hidden(
     owner = threading.get_ident()
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
 
-    def overwrite(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if threading.get_ident() != owner:
+    # Another thread may remove its hooks while this forward runs over a snapshot of them; torch
+    # then calls such a hook without kwargs. Hooks that are not ours therefore accept both forms.
+    def overwrite(_module: nn.Module, args: tuple, kwargs: dict | None = None) -> Any:
+        if threading.get_ident() != owner or kwargs is None:
             return None
         hidden = _hidden_arg(args, kwargs)
         hidden = hidden.clone()  # keep autograd intact: never write into a tensor the graph saved
         hidden[rows, placeholder_index] = hidden[rows, last_index]
         return _with_hidden(args, kwargs, hidden)
 
-    def stop(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if threading.get_ident() == owner:
+    def stop(_module: nn.Module, args: tuple, kwargs: dict | None = None) -> Any:
+        if threading.get_ident() == owner and kwargs is not None:
             raise _EarlyExit(_hidden_arg(args, kwargs))
         return None
 
@@ -147,7 +184,7 @@ def forward_hidden(
             for layer in layers[plan.tp_start : min(plan.tp_stop, index)]:
                 hooks.callback(layer.register_forward_pre_hook(overwrite, with_kwargs=True).remove)
         try:
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = model(**inputs).last_hidden_state
         except _EarlyExit as exit_:
             hidden = exit_.hidden
             if plan.final_norm:

@@ -18,7 +18,7 @@ from sentence_transformers.base.modules.input_module import InputModule
 
 from . import __version__
 from .engine import DEFAULT_MAX_SEQ_LENGTH, Batch, Embedder, as_preset, check_texts
-from .hooks import LayerPlan
+from .hooks import LayerPlan, tp_defaults
 from .loading import ensure_pad_token, load_decoder
 from .templates import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, Pooling
 
@@ -48,7 +48,7 @@ class EchoEmbedder(InputModule):
         pooling: Pooling = "mean",
         instruction: str = DEFAULT_INSTRUCTION,
         max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
-        output_layer: int = -1,
+        output_layer: int | None = None,
         final_norm: bool = False,
         tp_layers: Sequence[int] | None = None,
         placeholder_token: str | int | None = None,
@@ -69,18 +69,23 @@ class EchoEmbedder(InputModule):
         ensure_pad_token(tokenizer)
         if strategy is None:
             strategy = CHECKPOINT_PRESETS.get(str(model_name_or_path), "echo")
+        preset = as_preset(strategy, pooling)
+        if preset.token_prepending and (tp_layers is None or output_layer is None):
+            defaults = tp_defaults(model)
+            tp_layers = (defaults.tp_start, defaults.tp_stop) if tp_layers is None else tp_layers
+            output_layer = defaults.output_layer if output_layer is None else output_layer
         self.strategy = strategy
         self.pooling: Pooling = pooling
-        self.output_layer = output_layer
+        self.output_layer = -1 if output_layer is None else int(output_layer)
         self.final_norm = final_norm
-        self.tp_layers = list(tp_layers) if tp_layers else None
+        self.tp_layers = [int(i) for i in tp_layers] if tp_layers is not None else None
         self.placeholder_token = placeholder_token
         self.model = model
         self.embedder = Embedder(
             model,
             tokenizer,
-            as_preset(strategy, pooling),
-            LayerPlan(output_layer, final_norm, *(self.tp_layers or (0, 0))),
+            preset,
+            LayerPlan(self.output_layer, final_norm, *(self.tp_layers or (0, 0))),
             instruction,
             max_seq_length,
             placeholder_token,
@@ -122,7 +127,7 @@ class EchoEmbedder(InputModule):
         texts = check_texts(inputs)
         instruction = None
         if prompt:
-            if any(p.kind == "instruction" for p in self.embedder.preset.template(task).pieces):
+            if any(p.kind == "instruction" for t in self.embedder.preset.templates(task) for p in t.pieces):
                 instruction = prompt
             else:
                 texts = [prompt + t for t in texts]

@@ -107,15 +107,30 @@ class Template:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named strategy: the templates for symmetric, query and document inputs, and pooling."""
+    """A named strategy: the templates for symmetric, query and document inputs.
+
+    Each task has a tuple of templates; with more than one (MetaEOL) the vectors of all of
+    them are averaged. ``token_prepending`` turns the TP layer overwrite on for the preset's
+    ``{tp}`` templates.
+    """
 
     name: str
-    sentence: Template
-    query: Template | None = None
-    document: Template | None = None
+    sentence: tuple[Template, ...]
+    query: tuple[Template, ...] = ()
+    document: tuple[Template, ...] = ()
     description: str = ""
+    token_prepending: bool = False
 
-    def template(self, task: str | None) -> Template:
+    def __post_init__(self) -> None:
+        if not self.sentence:
+            raise ValueError(f"Preset {self.name!r} has no sentence template")
+        for group in (self.sentence, self.query, self.document):
+            if len({t.pooling for t in group}) > 1:
+                raise ValueError(f"Preset {self.name!r}: templates averaged together must share one pooling")
+            if self.token_prepending and not all(t.has_placeholder for t in group):
+                raise ValueError(f"Preset {self.name!r} uses token prepending, so every template needs a {{tp}} placeholder")
+
+    def templates(self, task: str | None) -> tuple[Template, ...]:
         if task == "query":
             return self.query or self.sentence
         if task in ("document", "passage", "corpus"):
@@ -139,33 +154,53 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"Unknown strategy {name!r}; expected one of {sorted(PRESETS)} or a Template") from None
+        raise ValueError(f"Unknown strategy {name!r}; expected one of {sorted(PRESETS)} or a template string") from None
 
 
-def _preset(name: str, sentence: str, pooling: Pooling, description: str, query: str | None = None, document: str | None = None) -> None:
+def _preset(
+    name: str,
+    sentence: str | list[str],
+    pooling: Pooling,
+    description: str,
+    query: str | None = None,
+    document: str | None = None,
+    token_prepending: bool = False,
+) -> None:
+    parse = lambda specs: tuple(Template.parse(s, pooling) for s in ([specs] if isinstance(specs, str) else specs))  # noqa: E731
     register_preset(
-        Preset(
-            name,
-            Template.parse(sentence, pooling),
-            Template.parse(query, pooling) if query else None,
-            Template.parse(document, pooling) if document else None,
-            description,
-        )
+        Preset(name, parse(sentence), parse(query) if query else (), parse(document) if document else (), description, token_prepending)
     )
 
 
 _ECHO = "Rewrite the following sentence: {x}\nThe rewritten sentence: {x*}"
 _ECHO_QUERY = "Instruct: {instruction}\nQuery: {x}\nQuery again: {x*}"
 _ECHO_DOCUMENT = "Document: {x}\nDocument again: {x*}"
-_EOL = 'This sentence : "{x}" means in one word:"'
-_PCOT = 'After thinking step by step , this sentence : "{x}" means in one word:"'
+_EOL = 'This sentence : {tp}"{x}" means in one word:"'
+_PCOT = 'After thinking step by step , this sentence : {tp}"{x}" means in one word:"'
 _KE = (
     "The essence of a sentence is often captured by its main subjects and actions, while descriptive terms "
-    'provide additional but less central details. With this in mind , this sentence : "{x}" means in one word:"'
+    'provide additional but less central details. With this in mind , this sentence : {tp}"{x}" means in one word:"'
 )
+# MetaEOL (Lei et al. 2024): four meta-tasks, two prompts each, vectors averaged. The wording
+# follows the paper's description of its prompts; it is not copied from its released files.
+_META = [
+    'In this task, you\'re presented with a text excerpt. Your task is to categorize the excerpt into a broad category such as "Education", "Technology", "Health", "Business", "Environment", "Politics", or "Culture". For this task, this sentence : {tp}"{x}" should be classified under one general category in one word:"',
+    'In this task, you\'re given a statement and you need to determine whether it presents an "Opinion" or a "Fact". For this task, this sentence : {tp}"{x}" discriminates between opinion and fact in one word:"',
+    'In this task, you\'re given a review from an online platform. Your task is to rate it from 1 (extremely negative) to 5 (extremely positive). For this task, this sentence : {tp}"{x}" reflects the sentiment in one word:"',
+    'In this task, you\'re reading a personal diary entry. Your task is to identify the predominant emotion expressed, such as "joy", "sadness", "anger", "fear", or "love". For this task, this sentence : {tp}"{x}" conveys the emotion in one word:"',
+    'In this task, you\'re presented with two sentences. Your task is to assess whether they convey the same meaning, using "identical", "similar", "different", or "unrelated". For this task, this sentence : {tp}"{x}" means in one word:"',
+    'In this task, you\'re given a sentence and a phrase. Your task is to determine whether the phrase can be a contextual synonym within the sentence. For this task, this sentence : {tp}"{x}" means in one word:"',
+    'In this task, you\'re presented with a scientific abstract. Your task is to extract the key term that best represents its main finding. For this task, this sentence : {tp}"{x}" is summarized by the key term in one word:"',
+    'In this task, you\'re given a news article. Your task is to identify the main entity it is about, such as a person, place or organization. For this task, this sentence : {tp}"{x}" is about the entity in one word:"',
+]
 # The released fine-tuned checkpoints pool the second copy plus a closing EOS.
 _CKPT_QUERY = "Instruct: {instruction},\nQuery: {x}\nQuery again: {x*}{eos*}"
 _CKPT_DOCUMENT = "Document: {x}\nDocument again: {x*}{eos*}"
+
+
+def _no_tp(spec: str) -> str:
+    return spec.replace("{tp}", "")
+
 
 _preset("echo", _ECHO, "mean", "Echo (Springer et al. 2024): mean over the second copy", _ECHO_QUERY, _ECHO_DOCUMENT)
 _preset("echo-last", _ECHO, "last", "Echo, last token of the second copy", _ECHO_QUERY, _ECHO_DOCUMENT)
@@ -180,28 +215,23 @@ _preset(
 _preset("mean", "Write a sentence: {x}", "mean", "Classical: mean over the text after a short prompt")
 _preset("last", "Write a sentence: {x}", "last", "Classical: last token of the text after a short prompt")
 _preset("raw-mean", "{x}", "mean", "Mean over the text, no prompt at all")
-_preset("prompteol", _EOL, "last", "PromptEOL (Jiang et al. 2023): last token of a one-word summary prompt")
-_preset("pcot", _PCOT, "last", "Pretended chain of thought (Zhang et al. 2024)")
-_preset("ke", _KE, "last", "Knowledge enhancement (Zhang et al. 2024)")
-_preset(
-    "echo-mistral-lasttoken",
-    _ECHO,
-    "last",
-    "Template of jspringer/echo-mistral-7b-instruct-lasttoken",
-    _CKPT_QUERY,
-    _CKPT_DOCUMENT,
-)
-_preset(
-    "echo-mistral-meantoken",
-    _ECHO,
-    "mean",
-    "Template of jspringer/echo-mistral-7b-instruct-meantoken",
-    _CKPT_QUERY,
-    _CKPT_DOCUMENT,
-)
-# The checkpoints were trained with their query template for symmetric tasks too.
-for _name in ("echo-mistral-lasttoken", "echo-mistral-meantoken"):
-    PRESETS[_name] = replace(PRESETS[_name], sentence=PRESETS[_name].query)  # type: ignore[arg-type]
+for _name, _spec, _what in (
+    ("prompteol", _EOL, "PromptEOL (Jiang et al. 2023): last token of a one-word summary prompt"),
+    ("pcot", _PCOT, "Pretended chain of thought (Zhang et al. 2024)"),
+    ("ke", _KE, "Knowledge enhancement (Zhang et al. 2024)"),
+    ("metaeol", _META, "MetaEOL (Lei et al. 2024): 8 meta-task prompts, vectors averaged"),
+):
+    _preset(_name, [_no_tp(s) for s in ([_spec] if isinstance(_spec, str) else _spec)], "last", _what)
+    _preset(f"{_name}+tp", _spec, "last", f"{_what}, with token prepending (Fu et al. 2024)", token_prepending=True)
+for _checkpoint_pooling in ("last", "mean"):
+    _preset(
+        f"echo-mistral-{_checkpoint_pooling}token",
+        _CKPT_QUERY,  # the checkpoints use their query template for symmetric tasks too
+        _checkpoint_pooling,  # type: ignore[arg-type]
+        f"Templates of jspringer/echo-mistral-7b-instruct-{_checkpoint_pooling}token",
+        _CKPT_QUERY,
+        _CKPT_DOCUMENT,
+    )
 
 CHECKPOINT_PRESETS = {
     "jspringer/echo-mistral-7b-instruct-lasttoken": "echo-mistral-lasttoken",
@@ -326,10 +356,18 @@ class PieceTokenizer:
             self._cache[text] = tuple(self.encode(text))
         return self._cache[text]
 
-    def layout(self, template: Template, instruction: str = "") -> Layout:
+    def layout(self, template: Template, instruction: str = "", placeholder: bool = True) -> Layout:
         """Lay a template out in ids. A space that ends the text before ``{x}`` moves into the
-        input (``lead``), so the input tokenizes as a word-initial span the way it would inline."""
-        pieces = list(template.pieces)
+        input (``lead``), so the input tokenizes as a word-initial span the way it would inline.
+        With ``placeholder=False`` a ``{tp}`` piece is left out (token prepending off)."""
+        pieces: list[Piece] = []
+        for p in template.pieces:
+            if p.kind == "placeholder" and not placeholder:
+                continue
+            if pieces and p.kind == "text" and pieces[-1].kind == "text" and p.pooled == pieces[-1].pooled:
+                pieces[-1] = replace(pieces[-1], text=pieces[-1].text + p.text)  # tokenize as one string
+            else:
+                pieces.append(p)
         lead = ""
         for i, p in enumerate(pieces):
             if p.kind == "input" and i > 0 and pieces[i - 1].kind == "text" and pieces[i - 1].text.endswith(" "):

@@ -1,0 +1,171 @@
+"""Token prepending and early exit: against an explicit reference loop, across threads, layer by layer."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import echo_embeddings
+from conftest import ARCHITECTURES
+from echo_embeddings import Embedder, LayerPlan
+from echo_embeddings.hooks import UnsupportedModelError, decoder_layers, forward_hidden, tp_defaults
+
+TEXTS = ["A man is playing a guitar.", "Hi", "Someone plays an instrument on the stage while the crowd sings.", ""]
+
+
+def _embedder(make_model, strategy: str, arch: str = "llama", **options) -> Embedder:
+    return make_model(strategy, arch=arch, **options)[0].embedder
+
+
+def test_start_equal_to_stop_is_the_base_preset_exactly(make_model) -> None:
+    model = make_model("prompteol")
+    base = model[0].embedder.encode(TEXTS)
+    off = Embedder(model[0].model, model[0].tokenizer, echo_embeddings.get_preset("prompteol+tp"), LayerPlan(-1, False, 2, 2))
+    assert torch.equal(off.encode(TEXTS), base)
+    on = Embedder(model[0].model, model[0].tokenizer, echo_embeddings.get_preset("prompteol+tp"), LayerPlan(-1, False, 1, 3))
+    assert not torch.allclose(on.encode(TEXTS), base)
+
+
+def _reference(model: nn.Module, embedder: Embedder, text: str, start: int, stop: int, output: int) -> torch.Tensor:
+    """Layer by layer, one unpadded text, the placeholder overwritten by hand (Llama layout)."""
+    ((row,),) = embedder.prepare([text])
+    ids = torch.tensor([row.ids])
+    positions = torch.arange(ids.shape[1])[None]
+    hidden = model.embed_tokens(ids)
+    rotary = model.rotary_emb(hidden, positions)
+    last = row.pooled[-1]
+    for i, layer in enumerate(model.layers[:output]):
+        if start <= i < stop:
+            hidden = hidden.clone()
+            hidden[0, row.placeholder] = hidden[0, last]
+        hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    if output == len(model.layers):
+        hidden = model.norm(hidden)
+    return hidden[0, last]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize(("start", "stop", "output"), [(1, 3, 4), (0, 2, 3), (1, 4, 2)])
+def test_hooked_forward_matches_the_reference_loop(make_model, padding_side: str, start: int, stop: int, output: int) -> None:
+    model = make_model("prompteol+tp", tp_layers=(start, stop), output_layer=output)
+    embedder = model[0].embedder
+    embedder.padding_side = padding_side
+    with torch.no_grad():
+        batched = embedder.encode(TEXTS, batch_size=4)
+        expected = torch.stack([_reference(model[0].model, embedder, t, start, stop, output) for t in TEXTS])
+    assert (batched - expected).abs().max().item() <= 1e-5
+
+
+TP_CASES = [(arch, "prompteol+tp") for arch in sorted(ARCHITECTURES)] + [
+    (arch, strategy) for arch in ("llama", "gpt2") for strategy in ("pcot+tp", "ke+tp", "metaeol+tp")
+]
+
+
+@pytest.mark.parametrize(("arch", "strategy"), TP_CASES)
+def test_batch_invariance_with_token_prepending(make_model, arch: str, strategy: str) -> None:
+    embedder = _embedder(make_model, strategy, arch=arch)
+    assert embedder.plan.token_prepending
+    together = embedder.encode(TEXTS, batch_size=4)
+    alone = torch.cat([embedder.encode([t]) for t in TEXTS])
+    assert (together - alone).abs().max().item() <= 1e-4
+
+
+def test_two_threads_with_different_settings(make_model) -> None:
+    model = make_model("prompteol+tp", tp_layers=(1, 3), output_layer=3)
+    a = model[0].embedder
+    b = Embedder(a.model, a.tokenizer, echo_embeddings.get_preset("pcot+tp"), LayerPlan(2, False, 0, 2))
+    expected = {id(a): a.encode(TEXTS), id(b): b.encode(TEXTS)}
+    errors: list[str] = []
+
+    def work(embedder: Embedder) -> None:
+        try:
+            for _ in range(15):
+                if not torch.allclose(embedder.encode(TEXTS, batch_size=2), expected[id(embedder)], atol=1e-6):
+                    errors.append("wrong vectors under concurrency")
+        except Exception as exc:  # a crash in a thread must fail the test too
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(e,)) for e in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(not layer._forward_pre_hooks for layer in decoder_layers(a.model)), "hooks live only during a forward"
+
+
+def test_early_exit_never_calls_later_layers(make_model) -> None:
+    model = make_model("echo", output_layer=2)
+    calls: list[str] = []
+    layers = decoder_layers(model[0].model)
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda *_, i=i: calls.append(f"layer{i}"))
+    model[0].model.norm.register_forward_hook(lambda *_: calls.append("norm"))
+    model[0].embedder.encode(TEXTS)
+    assert set(calls) == {"layer0", "layer1"}
+    calls.clear()
+    model[0].embedder.plan = LayerPlan(2, final_norm=True)
+    model[0].embedder.encode(TEXTS[:1])
+    assert calls == ["layer0", "layer1", "norm"]
+
+
+@pytest.mark.parametrize("output_layer", [-1, -2, -4, 1, 3])
+def test_intermediate_layers_match_output_hidden_states(make_model, arch: str, output_layer: int) -> None:
+    model = make_model("echo", arch=arch, output_layer=output_layer)
+    embedder = model[0].embedder
+    (item,) = embedder.prepare(["Dogs run in the park."])
+    batch = embedder.collate([item], "mean")
+    with torch.no_grad():
+        states = embedder.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
+        expected = states[output_layer][0][batch.pool_mask[0].bool()].mean(0)
+        actual = embedder.encode(["Dogs run in the park."])[0]
+    assert (actual - expected).abs().max().item() <= 1e-5
+
+
+def test_output_layer_out_of_range(make_model) -> None:
+    with pytest.raises(ValueError, match="outside this model's hidden states"):
+        make_model("echo", output_layer=9)[0].embedder.encode(["x"])
+
+
+def test_tp_layers_need_a_tp_strategy(make_model) -> None:
+    with pytest.raises(ValueError, match="'\\+tp' strategy"):
+        make_model("prompteol", tp_layers=(1, 3))
+
+
+def test_unsupported_model_names_what_is_missing() -> None:
+    class Flat(nn.Module):
+        config = type("C", (), {"num_hidden_layers": 2, "model_type": "flat"})()
+
+    with pytest.raises(UnsupportedModelError, match="no list of decoder layers"):
+        decoder_layers(Flat())
+    with pytest.raises(UnsupportedModelError):
+        forward_hidden(Flat(), torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long), LayerPlan(1), torch.zeros(1, dtype=torch.long))
+
+
+def test_defaults_table_and_fallback(make_model) -> None:
+    model = make_model("prompteol+tp")[0]
+    fallback = tp_defaults(model.model)
+    assert (fallback.tp_start, fallback.tp_stop, fallback.output_layer) == (1, 2, -2)
+    assert model.tp_layers == [1, 2] and model.output_layer == -2
+
+
+def test_save_load_keeps_tp_settings(make_model, tmp_path) -> None:
+    model = make_model("pcot+tp", arch="qwen3", tp_layers=(1, 3), output_layer=3, placeholder_token="A")
+    before = model.encode(TEXTS, convert_to_tensor=True)
+    model.save(str(tmp_path / "tp"))
+    again = echo_embeddings.load(str(tmp_path / "tp"), device="cpu")
+    assert again[0].tp_layers == [1, 3] and again[0].output_layer == 3 and again[0].strategy == "pcot+tp"
+    assert torch.equal(again.encode(TEXTS, convert_to_tensor=True), before)
+
+
+def test_model_at_rest_pickles(make_model) -> None:
+    import pickle
+
+    model = make_model("prompteol+tp")
+    model.encode(TEXTS)
+    clone = pickle.loads(pickle.dumps(model))
+    assert torch.allclose(clone.encode(TEXTS, convert_to_tensor=True), model.encode(TEXTS, convert_to_tensor=True))
