@@ -1,0 +1,68 @@
+"""``EchoEmbeddings``: a LangChain ``Embeddings`` that delegates everything to the echo-embeddings core."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from echo_embeddings import DEFAULT_MODEL
+from echo_embeddings.shared import SharedEncoder, shared_encoder
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EchoEmbeddings(BaseModel, Embeddings):
+    """Sentence embeddings from a causal LM with echo, token prepending or a baseline strategy.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_echo_embeddings import EchoEmbeddings
+
+            embeddings = EchoEmbeddings(model="smollm2-135m", strategy="echo")
+            vectors = embeddings.embed_documents(["Echo repeats the text."])
+            query = embeddings.embed_query("What does echo do?")
+    """
+
+    model: str = Field(default_factory=lambda: os.environ.get("ECHO_EMBEDDINGS_MODEL", DEFAULT_MODEL))
+    """Alias (``smollm2-135m``, ``gemma3-270m``), Hugging Face id, local folder, ``.gguf`` file or
+    saved echo model. Defaults to ``$ECHO_EMBEDDINGS_MODEL`` or the embedded SmolLM2."""
+    strategy: str | None = None
+    """Preset name (``echo``, ``mean``, ``prompteol+tp``, ...) or a template string; ``None`` keeps
+    a saved model's own strategy, or ``echo``."""
+    device: str | None = None
+    """``cuda``, ``cpu``, ...; by default CUDA when available."""
+    batch_size: int = 32
+    """Texts per forward pass (the core sorts them by token count first)."""
+    normalize: bool = True
+    """Return unit-length vectors, so dot product equals cosine similarity."""
+    show_progress: bool = False
+    """Show a progress bar while embedding documents."""
+    query_instruction: str | None = None
+    """Instruction for the query template (echo's ``Instruct: ...``); ``None`` uses the model's own."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra core options: ``output_layer``, ``tp_layers``, ``max_seq_length``, ``dtype`` ..."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    def _encoder(self) -> SharedEncoder:
+        # Loads lazily, once per configuration per process (shared across instances).
+        return shared_encoder(self.model, self.strategy, self.device, **self.model_kwargs)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents with the strategy's document template; the texts are not altered."""
+        if not texts:
+            return []
+        return self._encoder().encode(texts, "document", batch_size=self.batch_size, normalize=self.normalize, show_progress=self.show_progress)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a query with the strategy's query template."""
+        return self._encoder().encode([text], "query", instruction=self.query_instruction, normalize=self.normalize)[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Runs in a worker thread, so the event loop stays free; calls are serialised per model."""
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)

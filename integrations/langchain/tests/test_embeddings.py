@@ -1,0 +1,133 @@
+"""EchoEmbeddings: LangChain's standard tests, equality with the core, laziness, async, a retriever."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests
+from langchain_tests.unit_tests import EmbeddingsUnitTests
+
+import echo_embeddings
+from echo_embeddings import PRESETS, shared
+from echo_embeddings.testing import save_tiny_model
+from langchain_echo_embeddings import EchoEmbeddings
+
+DOCUMENTS = [
+    "Paris is the capital and largest city of France.",
+    "A sourdough loaf needs flour, water, salt and a lively starter.",
+    "The heart pumps blood through the body's arteries and veins.",
+    "Jupiter is the largest planet in the solar system.",
+    "Python is a programming language known for its readable syntax.",
+]
+QUERIES = {
+    "What is the capital of France?": 0,
+    "How do I bake bread?": 1,
+    "Which organ pumps blood?": 2,
+    "What is the biggest planet?": 3,
+}
+
+
+class TestEchoEmbeddingsUnit(EmbeddingsUnitTests):
+    @property
+    def embeddings_class(self) -> type[EchoEmbeddings]:
+        return EchoEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict:
+        return {"model": "smollm2-135m", "strategy": "echo"}
+
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        return {"ECHO_EMBEDDINGS_MODEL": "gemma3-270m"}, {"strategy": "echo"}, {"model": "gemma3-270m"}
+
+
+class TestEchoEmbeddingsIntegration(EmbeddingsIntegrationTests):
+    @property
+    def embeddings_class(self) -> type[EchoEmbeddings]:
+        return EchoEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict:
+        return {"model": "smollm2-135m", "strategy": "echo", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.mark.parametrize("strategy", sorted(PRESETS))
+def test_same_vectors_as_the_core(tiny_folder: str, strategy: str) -> None:
+    texts = ["A man is playing a guitar.", "Line one\nline two", ""]
+    embeddings = EchoEmbeddings(model=tiny_folder, strategy=strategy, device="cpu")
+    core = echo_embeddings.load(tiny_folder, strategy, device="cpu")
+    documents = torch.tensor(embeddings.embed_documents(texts))
+    assert (documents - core.encode_document(texts, normalize_embeddings=True, convert_to_tensor=True)).abs().max() <= 1e-5
+    query = torch.tensor(embeddings.embed_query(texts[0]))
+    assert (query - core.encode_query(texts[:1], normalize_embeddings=True, convert_to_tensor=True)[0]).abs().max() <= 1e-5
+
+
+def test_token_prepending_and_core_options_in_one_argument(tiny_folder: str) -> None:
+    embeddings = EchoEmbeddings(model=tiny_folder, strategy="prompteol+tp", device="cpu", model_kwargs={"tp_layers": [1, 3], "output_layer": 3})
+    core = echo_embeddings.load(tiny_folder, "prompteol+tp", device="cpu", tp_layers=[1, 3], output_layer=3)
+    got = torch.tensor(embeddings.embed_documents(["Dogs run in the park."]))
+    assert (got - core.encode_document(["Dogs run in the park."], normalize_embeddings=True, convert_to_tensor=True)).abs().max() <= 1e-5
+
+
+def test_lazy_and_shared_loading(tiny_folder: str) -> None:
+    before = len(shared._CACHE)
+    unique = {"max_seq_length": 77}  # a configuration no other test loads
+    a = EchoEmbeddings(model=tiny_folder, strategy="mean", device="cpu", model_kwargs=unique)
+    b = EchoEmbeddings(model=tiny_folder, strategy="mean", device="cpu", batch_size=4, model_kwargs=unique)
+    assert len(shared._CACHE) == before, "constructing must not load the model"
+    a.embed_query("x")
+    assert a._encoder() is b._encoder() and len(shared._CACHE) == before + 1
+    assert a._encoder() is not EchoEmbeddings(model=tiny_folder, strategy="echo", device="cpu")._encoder()
+
+
+def test_text_is_not_altered(tiny_folder: str) -> None:
+    embeddings = EchoEmbeddings(model=tiny_folder, device="cpu")
+    newline, space = embeddings.embed_documents(["one\ntwo", "one two"])
+    assert newline != space
+    assert embeddings.embed_documents([]) == []
+
+
+def test_async_does_not_block_the_loop_and_is_safe(tiny_folder: str) -> None:
+    embeddings = EchoEmbeddings(model=tiny_folder, strategy="echo", device="cpu")
+    texts = [f"Sentence number {i} about something else entirely." for i in range(200)]
+    expected = embeddings.embed_documents(texts)
+    queries = [embeddings.embed_query(t) for t in texts[:5]]
+
+    async def main() -> tuple[list, list, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        tick_task = asyncio.create_task(ticker())
+        results = await asyncio.gather(embeddings.aembed_documents(texts), embeddings.aembed_documents(texts))
+        query_results = await asyncio.gather(*(embeddings.aembed_query(t) for t in texts[:5]))
+        done.set()
+        await tick_task
+        return list(results), list(query_results), ticks
+
+    start = time.perf_counter()
+    results, query_results, ticks = asyncio.run(main())
+    assert all(torch.allclose(torch.tensor(r), torch.tensor(expected), atol=1e-6) for r in results)
+    assert all(torch.allclose(torch.tensor(q), torch.tensor(e), atol=1e-6) for q, e in zip(query_results, queries))
+    assert ticks > 3, f"the event loop ran only {ticks} times in {time.perf_counter() - start:.2f}s"
+
+
+def test_retriever_returns_the_relevant_document_first() -> None:
+    embeddings = EchoEmbeddings(model="smollm2-135m", strategy="echo", device="cpu")
+    retriever = InMemoryVectorStore.from_texts(DOCUMENTS, embeddings).as_retriever(search_kwargs={"k": 1})
+    for query, index in QUERIES.items():
+        assert retriever.invoke(query)[0].page_content == DOCUMENTS[index], query

@@ -1,0 +1,105 @@
+"""Tiny offline models for tests: tokenizers trained in-process and random decoders of many architectures.
+
+Nothing here downloads anything; a tiny model builds in well under a second.
+
+    from echo_embeddings.testing import bpe_tokenizer, tiny_decoder, save_tiny_model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModel,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+CORPUS = [
+    "A man is playing a guitar.",
+    "Someone plays an instrument on the stage.",
+    "The stock market fell sharply today after the announcement.",
+    'She said "hello" to {everyone} in the room, then left.',
+    "Rewrite the following sentence: the rewritten sentence means in one word",
+    "Query again: document again, instruct and retrieve passages that answer the question.",
+    "Echo embeddings repeat the text so every token sees all of it.",
+    "Dogs run in the park; cats sleep on the sofa.",
+    "1234567890 numbers, punctuation!? and UPPER lower Mixed case.",
+    "Über café naïve — unicode and émojis 🎸 too.",
+] * 3
+
+
+def _train(model: models.Model, trainer: trainers.Trainer, pre: pre_tokenizers.PreTokenizer, decoder: decoders.Decoder) -> Tokenizer:
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre
+    tok.decoder = decoder
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+@lru_cache(maxsize=1)
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2 style byte-level BPE, no BOS (like SmolLM2 or Qwen)."""
+    tok = _train(
+        models.BPE(),
+        trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+        decoders.ByteLevel(),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+@lru_cache(maxsize=1)
+def sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
+    """Llama-2 style: metaspace with a dummy prefix on every string, BOS added, byte fallback."""
+    tok = _train(
+        models.BPE(unk_token="<unk>", byte_fallback=True),
+        trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always"),
+        decoders.Sequence([decoders.Metaspace(replacement="\u2581", prepend_scheme="always"), decoders.ByteFallback()]),
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+ARCHITECTURES: dict[str, Callable[[int], object]] = {
+    "llama": lambda v: LlamaConfig(vocab_size=v, **_SMALL),
+    "mistral": lambda v: MistralConfig(vocab_size=v, **_SMALL),
+    "qwen2": lambda v: Qwen2Config(vocab_size=v, **_SMALL),
+    "qwen3": lambda v: Qwen3Config(vocab_size=v, head_dim=8, **_SMALL),
+    "gemma2": lambda v: Gemma2Config(vocab_size=v, head_dim=8, **_SMALL),
+    "gemma3": lambda v: Gemma3TextConfig(vocab_size=v, head_dim=8, sliding_window=16, **_SMALL),
+    "phi3": lambda v: Phi3Config(vocab_size=v, pad_token_id=0, bos_token_id=1, eos_token_id=2, **_SMALL),
+    "gpt2": lambda v: GPT2Config(vocab_size=v, bos_token_id=0, eos_token_id=0, n_embd=32, n_layer=4, n_head=4, n_positions=512),
+    "gpt_neox": lambda v: GPTNeoXConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4),
+}
+
+
+def tiny_decoder(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    """A random 4-layer, 32-wide bare decoder; the same seed gives the same weights."""
+    with torch.random.fork_rng():  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(ARCHITECTURES[arch](vocab_size), dtype=torch.float32)
+    return model.eval()
+
+
+def save_tiny_model(folder: str | Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A tiny random decoder and the BPE tokenizer saved as a transformers folder."""
+    tokenizer = bpe_tokenizer()
+    tiny_decoder(arch, len(tokenizer), seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
