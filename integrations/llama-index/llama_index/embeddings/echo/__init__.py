@@ -1,0 +1,3 @@
+from llama_index.embeddings.echo.base import EchoEmbedding
+
+__all__ = ["EchoEmbedding"]

@@ -1,0 +1,66 @@
+"""``EchoEmbedding``: a LlamaIndex embedding that delegates everything to the echo-embeddings core."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from echo_embeddings import DEFAULT_MODEL
+from echo_embeddings.shared import SharedEncoder, shared_encoder
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from pydantic import Field
+
+# LlamaIndex's default of 10 texts per call would cut the core's length sorting into tiny windows.
+DEFAULT_EMBED_BATCH_SIZE = 256
+
+
+class EchoEmbedding(BaseEmbedding):
+    """Sentence embeddings from a causal LM with echo, token prepending or a baseline strategy.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core import Settings
+            from llama_index.embeddings.echo import EchoEmbedding
+
+            Settings.embed_model = EchoEmbedding(model_name="smollm2-135m", strategy="echo")
+    """
+
+    model_name: str = Field(default=DEFAULT_MODEL, description="Alias, Hugging Face id, folder, .gguf file or saved echo model.")
+    strategy: str | None = Field(default=None, description="Preset (echo, mean, prompteol+tp, ...) or template string; None keeps a saved model's own, or echo.")
+    device: str | None = Field(default=None, description="cuda, cpu, ...; CUDA when available by default.")
+    embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, description="Texts handed to the core per call; it sorts them by length.")
+    batch_size: int = Field(default=32, gt=0, description="Texts per forward pass inside the core.")
+    normalize: bool = Field(default=True, description="Return unit-length vectors.")
+    query_instruction: str | None = Field(default=None, description="Instruction for the query template; None keeps the model's own.")
+    text_instruction: str | None = Field(default=None, description="Instruction for the document template, if it has one; None keeps the model's own.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra core options: output_layer, tp_layers, max_seq_length, dtype ...")
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EchoEmbedding"
+
+    def _encoder(self) -> SharedEncoder:
+        # Never stored on the object: pickles stay small and each process loads lazily, once.
+        return shared_encoder(self.model_name, self.strategy, self.device, **self.model_kwargs)
+
+    def _embed(self, texts: list[str], task: str, instruction: str | None) -> list[Embedding]:
+        return self._encoder().encode(texts, task, instruction=instruction, batch_size=self.batch_size, normalize=self.normalize)
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([query], "query", self.query_instruction)[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([text], "document", self.text_instruction)[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed(texts, "document", self.text_instruction) if texts else []
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)

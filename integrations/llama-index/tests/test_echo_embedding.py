@@ -1,0 +1,147 @@
+"""EchoEmbedding: equality with the core, batching, pickling into workers, async, a vector index."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import pickle
+
+import pytest
+import torch
+from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.node_parser import SentenceSplitter
+
+import echo_embeddings
+from echo_embeddings import PRESETS
+from echo_embeddings.testing import save_tiny_model
+from llama_index.embeddings.echo import EchoEmbedding
+
+DOCUMENTS = [
+    "Paris is the capital and largest city of France.",
+    "A sourdough loaf needs flour, water, salt and a lively starter.",
+    "The heart pumps blood through the body's arteries and veins.",
+    "Jupiter is the largest planet in the solar system.",
+    "Python is a programming language known for its readable syntax.",
+]
+QUERIES = {
+    "What is the capital of France?": 0,
+    "How do I bake bread?": 1,
+    "Which organ pumps blood?": 2,
+    "What is the biggest planet?": 3,
+}
+TEXTS = ["A man is playing a guitar.", "Line one\nline two", "", "Short."]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", arch="qwen2"))
+
+
+@pytest.mark.parametrize("strategy", sorted(PRESETS))
+def test_same_vectors_as_the_core(tiny_folder: str, strategy: str) -> None:
+    embedding = EchoEmbedding(model_name=tiny_folder, strategy=strategy, device="cpu")
+    core = echo_embeddings.load(tiny_folder, strategy, device="cpu")
+    texts = torch.tensor(embedding.get_text_embedding_batch(TEXTS))
+    assert (texts - core.encode_document(TEXTS, normalize_embeddings=True, convert_to_tensor=True)).abs().max() <= 1e-5
+    query = torch.tensor(embedding.get_query_embedding(TEXTS[0]))
+    assert (query - core.encode_query(TEXTS[:1], normalize_embeddings=True, convert_to_tensor=True)[0]).abs().max() <= 1e-5
+    single = torch.tensor(embedding.get_text_embedding(TEXTS[1]))
+    assert (single - texts[1]).abs().max() <= 1e-5
+
+
+def test_token_prepending_in_one_argument(tiny_folder: str) -> None:
+    embedding = EchoEmbedding(model_name=tiny_folder, strategy="metaeol+tp", device="cpu", model_kwargs={"tp_layers": [1, 2]})
+    core = echo_embeddings.load(tiny_folder, "metaeol+tp", device="cpu", tp_layers=[1, 2])
+    got = torch.tensor(embedding.get_text_embedding_batch(TEXTS))
+    assert (got - core.encode_document(TEXTS, normalize_embeddings=True, convert_to_tensor=True)).abs().max() <= 1e-5
+
+
+def test_batch_size_default_keeps_length_sorting(tiny_folder: str) -> None:
+    assert EchoEmbedding().embed_batch_size >= 128
+    small = EchoEmbedding(model_name=tiny_folder, device="cpu", embed_batch_size=2)
+    large = EchoEmbedding(model_name=tiny_folder, device="cpu")
+    assert torch.allclose(torch.tensor(small.get_text_embedding_batch(TEXTS * 3)), torch.tensor(large.get_text_embedding_batch(TEXTS * 3)), atol=1e-5)
+
+
+def test_saved_instruction_is_not_overwritten(tiny_folder: str, tmp_path) -> None:
+    model = echo_embeddings.load(tiny_folder, "echo", device="cpu", instruction="Find the matching product")
+    model.save(str(tmp_path / "saved"))
+    expected = model.encode_query(["red shoes"], normalize_embeddings=True, convert_to_tensor=True)[0]
+    for instruction in (None, ""):
+        embedding = EchoEmbedding(model_name=str(tmp_path / "saved"), device="cpu", query_instruction=instruction)
+        assert (torch.tensor(embedding.get_query_embedding("red shoes")) - expected).abs().max() <= 1e-5
+    custom = EchoEmbedding(model_name=str(tmp_path / "saved"), device="cpu", query_instruction="Something else")
+    assert (torch.tensor(custom.get_query_embedding("red shoes")) - expected).abs().max() > 1e-4
+
+
+def test_pickles_without_the_model_and_reloads(tiny_folder: str) -> None:
+    embedding = EchoEmbedding(model_name=tiny_folder, strategy="echo", device="cpu")
+    before = embedding.get_text_embedding("hello")
+    data = pickle.dumps(embedding)
+    assert len(data) < 10_000, "the model must not travel with the object"
+    clone = pickle.loads(data)
+    assert clone.get_text_embedding("hello") == pytest.approx(before, abs=1e-6)
+
+
+def _worker(blob: bytes, queue) -> None:
+    """What an IngestionPipeline worker does: unpickle the transformations and run them."""
+    from llama_index.core.ingestion.pipeline import run_transformations
+
+    nodes, transformations = pickle.loads(blob)
+    queue.put([n.embedding for n in run_transformations(nodes, transformations)])
+
+
+def test_transformations_pickle_into_a_spawned_worker(tiny_folder: str) -> None:
+    # IngestionPipeline(num_workers=2).run hangs here even with only a SentenceSplitter
+    # (run-llama/llama_index#10104), so this runs its worker's job in a spawned process directly.
+    embedding = EchoEmbedding(model_name=tiny_folder, strategy="echo", device="cpu")
+    nodes = SentenceSplitter(chunk_size=64, chunk_overlap=0).get_nodes_from_documents([Document(text=t) for t in DOCUMENTS])
+    expected = embedding.get_text_embedding_batch([n.get_content(metadata_mode="embed") for n in nodes])
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    worker = context.Process(target=_worker, args=(pickle.dumps((nodes, [embedding])), queue))
+    worker.start()
+    got = queue.get(timeout=300)
+    worker.join(60)
+    assert worker.exitcode == 0
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), atol=1e-5)
+
+
+def test_async_does_not_block_the_loop(tiny_folder: str) -> None:
+    embedding = EchoEmbedding(model_name=tiny_folder, strategy="echo", device="cpu")
+    texts = [f"Sentence {i} about a different topic." for i in range(200)]
+    expected = embedding.get_text_embedding_batch(texts)
+
+    async def main() -> tuple[list, list, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        batch, query = await asyncio.gather(embedding.aget_text_embedding_batch(texts), embedding.aget_query_embedding(texts[0]))
+        done.set()
+        await task
+        return batch, query, ticks
+
+    batch, query, ticks = asyncio.run(main())
+    assert torch.allclose(torch.tensor(batch), torch.tensor(expected), atol=1e-6)
+    assert query == pytest.approx(embedding.get_query_embedding(texts[0]), abs=1e-6)
+    assert ticks > 3
+
+
+def test_vector_index_returns_the_relevant_node_first() -> None:
+    embedding = EchoEmbedding(model_name="smollm2-135m", strategy="echo", device="cpu")
+    previous = Settings._embed_model
+    Settings.embed_model = embedding
+    try:
+        index = VectorStoreIndex.from_documents([Document(text=t) for t in DOCUMENTS])
+        retriever = index.as_retriever(similarity_top_k=1)
+        for query, position in QUERIES.items():
+            assert retriever.retrieve(query)[0].node.get_content() == DOCUMENTS[position], query
+    finally:
+        Settings._embed_model = previous
