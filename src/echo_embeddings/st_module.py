@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,12 @@ class EchoEmbedder(InputModule):
         preset = as_preset(strategy, pooling)
         if preset.token_prepending and (tp_layers is None or output_layer is None):
             defaults = tp_defaults(model)
+            if tp_layers is None and defaults.tp_start == defaults.tp_stop:
+                warnings.warn(
+                    f"Token prepending is off by default for this model: it did not help on the development sets. "
+                    f"'{preset.name}' runs as its base prompt; pass tp_layers=(start, stop) to force it.",
+                    stacklevel=2,
+                )
             tp_layers = (defaults.tp_start, defaults.tp_stop) if tp_layers is None else tp_layers
             output_layer = defaults.output_layer if output_layer is None else output_layer
         self.strategy = strategy
