@@ -7,9 +7,11 @@ Nothing here downloads anything; a tiny model builds in well under a second.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -26,6 +28,8 @@ from transformers import (
     Qwen2Config,
     Qwen3Config,
 )
+
+T = TypeVar("T")
 
 CORPUS = [
     "A man is playing a guitar.",
@@ -103,3 +107,23 @@ def save_tiny_model(folder: str | Path, arch: str = "llama", seed: int = 0) -> P
     tiny_decoder(arch, len(tokenizer), seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+async def loop_ticks_during(awaitable: Awaitable[T]) -> tuple[T, int]:
+    """Await ``awaitable`` while counting event-loop turns: a blocking call leaves the count near 0."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    try:
+        result = await awaitable
+    finally:
+        done.set()
+        await task
+    return result, ticks

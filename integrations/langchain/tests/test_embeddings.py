@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,22 +14,12 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 import echo_embeddings
 from echo_embeddings import PRESETS, shared
-from echo_embeddings.testing import save_tiny_model
+from echo_embeddings.testing import loop_ticks_during, save_tiny_model
 from langchain_echo_embeddings import EchoEmbeddings
 
-DOCUMENTS = [
-    "Paris is the capital and largest city of France.",
-    "A sourdough loaf needs flour, water, salt and a lively starter.",
-    "The heart pumps blood through the body's arteries and veins.",
-    "Jupiter is the largest planet in the solar system.",
-    "Python is a programming language known for its readable syntax.",
-]
-QUERIES = {
-    "What is the capital of France?": 0,
-    "How do I bake bread?": 1,
-    "Which organ pumps blood?": 2,
-    "What is the biggest planet?": 3,
-}
+_DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))
+DOCUMENTS: list[str] = _DATA["documents"]
+QUERIES: dict[str, int] = _DATA["queries"]
 
 
 class TestEchoEmbeddingsUnit(EmbeddingsUnitTests):
@@ -102,28 +93,14 @@ def test_async_does_not_block_the_loop_and_is_safe(tiny_folder: str) -> None:
     expected = embeddings.embed_documents(texts)
     queries = [embeddings.embed_query(t) for t in texts[:5]]
 
-    async def main() -> tuple[list, list, int]:
-        ticks = 0
-        done = asyncio.Event()
+    async def concurrent() -> tuple[list, tuple]:
+        documents = asyncio.gather(embeddings.aembed_documents(texts), embeddings.aembed_documents(texts))
+        return await documents, await asyncio.gather(*(embeddings.aembed_query(t) for t in texts[:5]))
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0.001)
-
-        tick_task = asyncio.create_task(ticker())
-        results = await asyncio.gather(embeddings.aembed_documents(texts), embeddings.aembed_documents(texts))
-        query_results = await asyncio.gather(*(embeddings.aembed_query(t) for t in texts[:5]))
-        done.set()
-        await tick_task
-        return list(results), list(query_results), ticks
-
-    start = time.perf_counter()
-    results, query_results, ticks = asyncio.run(main())
+    (results, query_results), ticks = asyncio.run(loop_ticks_during(concurrent()))
     assert all(torch.allclose(torch.tensor(r), torch.tensor(expected), atol=1e-6) for r in results)
     assert all(torch.allclose(torch.tensor(q), torch.tensor(e), atol=1e-6) for q, e in zip(query_results, queries))
-    assert ticks > 3, f"the event loop ran only {ticks} times in {time.perf_counter() - start:.2f}s"
+    assert ticks > 3, f"the event loop ran only {ticks} times while embedding"
 
 
 def test_retriever_returns_the_relevant_document_first() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,22 +15,12 @@ from llama_index.core.node_parser import SentenceSplitter
 
 import echo_embeddings
 from echo_embeddings import PRESETS
-from echo_embeddings.testing import save_tiny_model
+from echo_embeddings.testing import loop_ticks_during, save_tiny_model
 from llama_index.embeddings.echo import EchoEmbedding
 
-DOCUMENTS = [
-    "Paris is the capital and largest city of France.",
-    "A sourdough loaf needs flour, water, salt and a lively starter.",
-    "The heart pumps blood through the body's arteries and veins.",
-    "Jupiter is the largest planet in the solar system.",
-    "Python is a programming language known for its readable syntax.",
-]
-QUERIES = {
-    "What is the capital of France?": 0,
-    "How do I bake bread?": 1,
-    "Which organ pumps blood?": 2,
-    "What is the biggest planet?": 3,
-}
+_DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))
+DOCUMENTS: list[str] = _DATA["documents"]
+QUERIES: dict[str, int] = _DATA["queries"]
 TEXTS = ["A man is playing a guitar.", "Line one\nline two", "", "Short."]
 
 
@@ -112,23 +104,10 @@ def test_async_does_not_block_the_loop(tiny_folder: str) -> None:
     texts = [f"Sentence {i} about a different topic." for i in range(200)]
     expected = embedding.get_text_embedding_batch(texts)
 
-    async def main() -> tuple[list, list, int]:
-        ticks = 0
-        done = asyncio.Event()
+    async def both() -> list:
+        return await asyncio.gather(embedding.aget_text_embedding_batch(texts), embedding.aget_query_embedding(texts[0]))
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0.001)
-
-        task = asyncio.create_task(ticker())
-        batch, query = await asyncio.gather(embedding.aget_text_embedding_batch(texts), embedding.aget_query_embedding(texts[0]))
-        done.set()
-        await task
-        return batch, query, ticks
-
-    batch, query, ticks = asyncio.run(main())
+    (batch, query), ticks = asyncio.run(loop_ticks_during(both()))
     assert torch.allclose(torch.tensor(batch), torch.tensor(expected), atol=1e-6)
     assert query == pytest.approx(embedding.get_query_embedding(texts[0]), abs=1e-6)
     assert ticks > 3
