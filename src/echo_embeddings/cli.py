@@ -1,0 +1,168 @@
+"""``echo-embeddings evaluate``: several models and strategies side by side on local data.
+
+    echo-embeddings evaluate --model smollm2-135m --strategy mean,echo,prompteol \\
+        --sts ../shared/data/stsb_dev.tsv --classification ../shared/data/banking77_train.csv \\
+        --out results/
+
+Prints a table (tasks as rows, model/strategy as columns, an average row), and writes
+``results.json`` and ``results.png`` to ``--out``. Embeddings are cached in ``--out/cache.sqlite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import evaluation as ev
+
+MAIN_METRIC = {"sts": "spearman", "retrieval": "ndcg@10", "classification": "accuracy"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echo-embeddings", description="Training-free sentence embeddings from causal LMs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ev_parser = commands.add_parser("evaluate", help="score models and strategies on local STS, retrieval and classification data")
+    ev_parser.add_argument("--model", action="append", required=True, help="alias, id, folder or .gguf; repeat or comma-separate")
+    ev_parser.add_argument("--strategy", default="mean,echo,prompteol", help="comma-separated strategies (default: %(default)s)")
+    ev_parser.add_argument("--sts", action="append", default=[], metavar="FILE", help="pair file (TSV/CSV); repeatable")
+    ev_parser.add_argument("--sts-columns", default="score,sentence1,sentence2", help="score and sentence columns (default: %(default)s)")
+    ev_parser.add_argument("--retrieval", action="append", default=[], metavar="DIR", help="BEIR folder; repeatable")
+    ev_parser.add_argument("--classification", action="append", nargs="+", default=[], metavar="FILE", help="TRAIN [TEST]; one file is split 80/20")
+    ev_parser.add_argument("--text-columns", default="text,label", help="text and label columns (default: %(default)s)")
+    ev_parser.add_argument("--limit", type=int, default=None, help="use at most this many rows (pairs, texts or queries) per task")
+    ev_parser.add_argument("--runs", type=int, default=3, help="classification runs, each with its own seed and training sample")
+    ev_parser.add_argument("--max-train", type=int, default=2000, help="training sample cap per classification run")
+    ev_parser.add_argument("--batch-size", type=int, default=32)
+    ev_parser.add_argument("--device", default=None)
+    ev_parser.add_argument("--out", default="results", help="folder for results.json, results.png and the embedding cache")
+    return parser
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _load_tasks(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+    """Read every task before any model work, so a bad file fails fast."""
+    tasks: list[tuple[str, str, Any]] = []
+    sts_columns = _split([args.sts_columns])
+    text_columns = _split([args.text_columns])
+    if len(sts_columns) != 3 or len(text_columns) != 2:
+        raise ev.DataError("--sts-columns needs three names (score, sentence1, sentence2) and --text-columns two (text, label)")
+    for path in args.sts:
+        rows = ev.read_table(path, sts_columns)[: args.limit]
+        tasks.append((Path(path).stem, "sts", rows))
+    for folder in args.retrieval:
+        task = ev.read_retrieval(folder)
+        if args.limit:
+            keep = list(task.qrels)[: args.limit]
+            task = ev.Retrieval(task.name, task.corpus, {q: task.queries[q] for q in keep}, {q: task.qrels[q] for q in keep})
+        tasks.append((task.name, "retrieval", task))
+    for files in args.classification:
+        if len(files) > 2:
+            raise ev.DataError(f"--classification takes TRAIN [TEST], got {len(files)} files")
+        task = ev.read_classification(files[0], files[1] if len(files) == 2 else None, text_columns)
+        if args.limit:
+            task = ev.Classification(task.name, task.train_texts[: args.limit], task.train_labels[: args.limit], task.test_texts[: args.limit], task.test_labels[: args.limit])
+        tasks.append((task.name, "classification", task))
+    if not tasks:
+        raise ev.DataError("no task given: pass --sts, --retrieval or --classification")
+    return tasks
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    import echo_embeddings
+
+    tasks = _load_tasks(args)
+    out = Path(args.out)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for model_name in _split(args.model):
+        for strategy in _split([args.strategy]):
+            column = f"{model_name}/{strategy}"
+            print(f"== {column}", file=sys.stderr)
+            model = echo_embeddings.load(model_name, strategy, device=args.device)
+            module = model[0]
+            embedder = module.embedder
+            settings = {k: getattr(module, k) for k in module.config_keys} | {"model": model_name, "version": echo_embeddings.__version__}
+            cache = ev.EmbeddingCache(out / "cache.sqlite", settings)
+
+            def encode(texts: list[str], task: str | None) -> np.ndarray:
+                return embedder.encode(texts, task, batch_size=args.batch_size, normalize=True, show_progress_bar=True).numpy()
+
+            cached = cache.wrap(encode)
+            results[column] = {}
+            for name, kind, data in tasks:
+                if kind == "sts":
+                    scores = ev.evaluate_sts(cached, data)
+                elif kind == "retrieval":
+                    scores = ev.evaluate_retrieval(cached, data)
+                else:
+                    scores = ev.evaluate_classification(cached, data, runs=args.runs, max_train=args.max_train)
+                results[column][f"{kind}:{name}"] = scores
+            del model, module, embedder
+    report = {"tasks": [f"{kind}:{name}" for name, kind, _ in tasks], "results": results, "main_metric": MAIN_METRIC}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(format_table(report))
+    chart(report, out / "results.png")
+    return report
+
+
+def _main_scores(report: dict[str, Any]) -> tuple[list[str], list[str], np.ndarray]:
+    columns = list(report["results"])
+    rows = report["tasks"]
+    values = np.array([[report["results"][c][t][MAIN_METRIC[t.split(":")[0]]] for c in columns] for t in rows])
+    return rows, columns, values
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Tasks as rows (with their main metric), model/strategy as columns, then the average."""
+    rows, columns, values = _main_scores(report)
+    labels = [f"{t} ({MAIN_METRIC[t.split(':')[0]]})" for t in rows] + ["average"]
+    width = max(len(label) for label in labels)
+    col = max(8, *(len(c) for c in columns))
+    lines = [" " * width + "  " + "  ".join(f"{c:>{col}}" for c in columns)]
+    for label, line in zip(labels, [*values, values.mean(axis=0)]):
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{col}.2f}" for v in line))
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    """A grouped bar chart of the main metric per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, columns, values = _main_scores(report)
+    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(rows) * max(1, len(columns)) / 2), 4.5))
+    width = 0.8 / len(columns)
+    positions = np.arange(len(rows))
+    for i, column in enumerate(columns):
+        axes.bar(positions + i * width - 0.4 + width / 2, values[:, i], width, label=column)
+    axes.set_xticks(positions, [f"{t}\n{MAIN_METRIC[t.split(':')[0]]}" for t in rows], fontsize=8)
+    axes.set_ylabel("score x 100")
+    axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        evaluate(args)
+    except ev.DataError as error:
+        print(f"echo-embeddings: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
