@@ -122,3 +122,15 @@ def test_checkpoint_id_selects_its_preset(bpe_tokenizer) -> None:
 
     module = EchoEmbedder("jspringer/echo-mistral-7b-instruct-meantoken", model=tiny_decoder("mistral", len(bpe_tokenizer)), tokenizer=bpe_tokenizer)
     assert module.strategy == "echo-mistral-meantoken"
+
+
+def test_prompt_names_select_templates_like_mteb(make_model, tmp_path) -> None:
+    from echo_embeddings.testing import save_tiny_model
+
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "tiny")), "echo", device="cpu")
+    embedder = model[0].embedder
+    by_name = model.encode(["q?"], prompt_name="query", convert_to_tensor=True)
+    assert torch.allclose(by_name[0], embedder.encode(["q?"], "query")[0], atol=1e-5)
+    passage = model.encode(sentences=["d"], prompt_name="document", convert_to_tensor=True)
+    assert torch.allclose(passage[0], embedder.encode(["d"], "document")[0], atol=1e-5)
+    assert torch.allclose(model.encode_query(["q?"], convert_to_tensor=True), by_name, atol=1e-5)

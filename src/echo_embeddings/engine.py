@@ -45,7 +45,7 @@ def as_preset(strategy: str | Preset | Template, pooling: Pooling = "mean") -> P
 
 @dataclass
 class Batch:
-    """Right-padded tensors for one forward, plus where to pool.
+    """Padded tensors for one forward (right-padded unless the engine says left), plus where to pool.
 
     Rows are template-major: with ``groups`` templates (MetaEOL) row ``g * n + i`` is text
     ``i`` in template ``g``, and the pooled vectors of a text's rows are averaged.

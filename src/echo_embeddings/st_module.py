@@ -169,12 +169,21 @@ class EchoEmbedder(InputModule):
         return f"EchoEmbedder(model={type(self.model).__name__}, strategy={self.strategy!r}, output_layer={self.output_layer}, tp_layers={self.tp_layers})"
 
 
-class EchoSentenceTransformer(SentenceTransformer):
-    """A SentenceTransformer that checks every input before any model work."""
+PROMPT_TASKS = {"query": "query", "document": "document", "passage": "document", "corpus": "document"}
+"""Prompt names that select a template: evaluation harnesses (MTEB) pass ``prompt_name="query"``."""
 
-    def encode(self, inputs: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
+
+class EchoSentenceTransformer(SentenceTransformer):
+    """A SentenceTransformer that checks every input before any model work and maps the
+    ``query``/``document`` prompt names to their templates."""
+
+    def encode(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        if inputs is None:
+            inputs = kwargs.pop("sentences")  # the older keyword
         if not isinstance(inputs, str):
             inputs = check_texts(inputs)
+        if "task" not in kwargs and kwargs.get("prompt_name") in PROMPT_TASKS:
+            kwargs["task"] = PROMPT_TASKS[kwargs["prompt_name"]]
         return super().encode(inputs, *args, **kwargs)
 
 
