@@ -50,7 +50,8 @@ def all_layers(embedder: Embedder, texts: list[str], batch_size: int = 32) -> to
         rows = torch.arange(batch.input_ids.shape[0])
         for i, hidden in enumerate(states):
             pooled = hidden[rows, batch.last_index].float()
-            out[i, start : start + len(pooled)] = pooled.view(batch.groups, -1, pooled.shape[-1]).mean(0)
+            pooled = pooled.view(batch.groups, -1, pooled.shape[-1]).mean(0)  # average a text's prompts
+            out[i, start : start + len(pooled)] = pooled
     return out
 
 

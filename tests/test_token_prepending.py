@@ -169,3 +169,20 @@ def test_model_at_rest_pickles(make_model) -> None:
     model.encode(TEXTS)
     clone = pickle.loads(pickle.dumps(model))
     assert torch.allclose(clone.encode(TEXTS, convert_to_tensor=True), model.encode(TEXTS, convert_to_tensor=True))
+
+
+def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
+    from transformers import AutoModel, Gemma3TextConfig, LlamaConfig
+
+    from echo_embeddings import EchoEmbedder
+
+    small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
+    smollm2_shaped = AutoModel.from_config(LlamaConfig(vocab_size=49152, num_hidden_layers=30, **small))
+    assert tp_defaults(smollm2_shaped, "prompteol+tp") == tp_defaults(smollm2_shaped, "pcot+tp") == (1, 8, -3)
+    assert tp_defaults(smollm2_shaped, "ke+tp") == (1, 8, -1)
+    gemma_shaped = AutoModel.from_config(Gemma3TextConfig(vocab_size=262144, num_hidden_layers=18, head_dim=8, **small)).eval()
+    with pytest.warns(UserWarning, match="Token prepending is off by default for this model"):
+        module = EchoEmbedder(strategy="prompteol+tp", model=gemma_shaped, tokenizer=bpe_tokenizer)
+    assert module.tp_layers == [1, 1] and not module.embedder.plan.token_prepending
+    base = EchoEmbedder(strategy="prompteol", model=gemma_shaped, tokenizer=bpe_tokenizer)
+    assert torch.equal(module.embedder.encode(TEXTS), base.embedder.encode(TEXTS))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -44,8 +44,7 @@ class UnsupportedModelError(TypeError):
     pass
 
 
-@dataclass(frozen=True)
-class TPDefaults:
+class TPDefaults(NamedTuple):
     """Token-prepending layers and output layer for one model family and size."""
 
     tp_start: int
@@ -53,27 +52,28 @@ class TPDefaults:
     output_layer: int
 
 
-# Keyed by (model_type, number of layers, vocabulary size or None for any). The 7-9B rows are
-# Fu et al.'s settings; the small rows were tuned on the dev sets (benchmarks/tune_tp.py).
-TP_DEFAULTS: dict[tuple[str, int, int | None], TPDefaults] = {
-    ("llama", 32, 32000): TPDefaults(1, 8, -2),  # LLaMA-2-7B: layers 1..7
-    ("llama", 32, 128256): TPDefaults(1, 4, -2),  # Llama-3-8B: layers 1..3
-    ("qwen2", 28, None): TPDefaults(1, 7, -2),  # Qwen2-7B: layers 1..6
-    ("gemma2", 42, None): TPDefaults(1, 7, -2),  # Gemma-2-9B: layers 1..6
-    # SmolLM2-135M: layers 1..7, hidden state 28 of 30; beat the base prompt on STS-B and SICK.
-    ("llama", 30, 49152): TPDefaults(1, 8, -3),
+# Keyed by (model_type, number of layers, vocabulary size or None for any), then by preset
+# ("*" for any). The 7-9B rows are Fu et al.'s settings; the small ones were tuned on the dev
+# sets with benchmarks/tune_tp.py and only kept where TP beat its base prompt on both sets.
+TP_DEFAULTS: dict[tuple[str, int, int | None], dict[str, TPDefaults]] = {
+    ("llama", 32, 32000): {"*": TPDefaults(1, 8, -2)},  # LLaMA-2-7B: layers 1..7
+    ("llama", 32, 128256): {"*": TPDefaults(1, 4, -2)},  # Llama-3-8B: layers 1..3
+    ("qwen2", 28, None): {"*": TPDefaults(1, 7, -2)},  # Qwen2-7B: layers 1..6
+    ("gemma2", 42, None): {"*": TPDefaults(1, 7, -2)},  # Gemma-2-9B: layers 1..6
+    # SmolLM2-135M: layers 1..7; PromptEOL and PCoT pool hidden state 28 of 30, KE the final one.
+    ("llama", 30, 49152): {"*": TPDefaults(1, 8, -3), "ke+tp": TPDefaults(1, 8, -1)},
     # Gemma 3 270M: every range tried helped STS-B but hurt SICK, so TP is off by default.
-    ("gemma3_text", 18, 262144): TPDefaults(1, 1, -1),
+    ("gemma3_text", 18, 262144): {"*": TPDefaults(1, 1, -1)},
 }
 
 
-def tp_defaults(model: nn.Module) -> TPDefaults:
-    """The table entry for this model, else layer 1 to the first quarter and the penultimate output."""
+def tp_defaults(model: nn.Module, preset: str = "*") -> TPDefaults:
+    """The table entry for this model and preset, else layer 1 to the first quarter and the penultimate output."""
     config = model.config  # type: ignore[union-attr]
     n = len(decoder_layers(model))
     key = (getattr(config, "model_type", ""), n)
-    found = TP_DEFAULTS.get((*key, getattr(config, "vocab_size", None))) or TP_DEFAULTS.get((*key, None))
-    return found or TPDefaults(min(1, n - 1), max(2, n // 4 + 1), -2)
+    found = TP_DEFAULTS.get((*key, getattr(config, "vocab_size", None))) or TP_DEFAULTS.get((*key, None)) or {}
+    return found.get(preset) or found.get("*") or TPDefaults(min(1, n - 1), max(2, n // 4 + 1), -2)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

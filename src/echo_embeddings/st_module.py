@@ -72,7 +72,7 @@ class EchoEmbedder(InputModule):
             strategy = CHECKPOINT_PRESETS.get(str(model_name_or_path), "echo")
         preset = as_preset(strategy, pooling)
         if preset.token_prepending and (tp_layers is None or output_layer is None):
-            defaults = tp_defaults(model)
+            defaults = tp_defaults(model, preset.name)
             if tp_layers is None and defaults.tp_start == defaults.tp_stop:
                 warnings.warn(
                     f"Token prepending is off by default for this model: it did not help on the development sets. "
