@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     ev_parser.add_argument("--sts-columns", default="score,sentence1,sentence2", help="score and sentence columns (default: %(default)s)")
     ev_parser.add_argument("--retrieval", action="append", default=[], metavar="DIR", help="BEIR folder; repeatable")
     ev_parser.add_argument("--classification", action="append", nargs="+", default=[], metavar="FILE", help="TRAIN [TEST]; one file is split 80/20")
-    ev_parser.add_argument("--text-columns", default="text,label", help="text and label columns (default: %(default)s)")
+    ev_parser.add_argument(
+        "--text-columns", action="append", default=[], help="text and label columns (default text,label); repeat to match each --classification"
+    )
     ev_parser.add_argument("--limit", type=int, default=None, help="use at most this many rows (pairs, texts or queries) per task")
     ev_parser.add_argument("--runs", type=int, default=3, help="classification runs, each with its own seed and training sample")
     ev_parser.add_argument("--max-train", type=int, default=2000, help="training sample cap per classification run")
@@ -51,9 +53,13 @@ def _load_tasks(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     """Read every task before any model work, so a bad file fails fast."""
     tasks: list[tuple[str, str, Any]] = []
     sts_columns = _split([args.sts_columns])
-    text_columns = _split([args.text_columns])
-    if len(sts_columns) != 3 or len(text_columns) != 2:
-        raise ev.DataError("--sts-columns needs three names (score, sentence1, sentence2) and --text-columns two (text, label)")
+    if len(sts_columns) != 3:
+        raise ev.DataError("--sts-columns needs three names: score, sentence1, sentence2")
+    text_columns = [_split([spec]) for spec in args.text_columns or ["text,label"]]
+    if len(text_columns) == 1:
+        text_columns *= len(args.classification)
+    if len(text_columns) != len(args.classification) or any(len(c) != 2 for c in text_columns):
+        raise ev.DataError("--text-columns takes two names (text, label), once for all --classification files or once for each")
     for path in args.sts:
         rows = ev.read_table(path, sts_columns)[: args.limit]
         tasks.append((Path(path).stem, "sts", rows))
@@ -63,10 +69,10 @@ def _load_tasks(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
             keep = list(task.qrels)[: args.limit]
             task = ev.Retrieval(task.name, task.corpus, {q: task.queries[q] for q in keep}, {q: task.qrels[q] for q in keep})
         tasks.append((task.name, "retrieval", task))
-    for files in args.classification:
+    for files, columns in zip(args.classification, text_columns):
         if len(files) > 2:
             raise ev.DataError(f"--classification takes TRAIN [TEST], got {len(files)} files")
-        task = ev.read_classification(files[0], files[1] if len(files) == 2 else None, text_columns)
+        task = ev.read_classification(files[0], files[1] if len(files) == 2 else None, columns)
         if args.limit:
             task = ev.Classification(task.name, task.train_texts[: args.limit], task.train_labels[: args.limit], task.test_texts[: args.limit], task.test_labels[: args.limit])
         tasks.append((task.name, "classification", task))
