@@ -110,3 +110,12 @@ def test_cli_end_to_end_with_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, ca
 def test_cli_reports_bad_files(tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["evaluate", "--model", "x", "--sts", str(tmp_path / "nope.tsv")]) == 2
     assert "nope.tsv: no such file" in capsys.readouterr().err
+
+
+def test_missing_extras_fail_first(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert cli.main(["evaluate", "--model", "x", "--sts", "whatever.tsv"]) == 2
+    assert "pip install 'echo-embeddings[eval]'" in capsys.readouterr().err

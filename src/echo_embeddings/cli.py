@@ -81,9 +81,19 @@ def _load_tasks(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     return tasks
 
 
+def _check_extras() -> None:
+    """Fail before any model work when the evaluation extras are missing."""
+    import importlib.util
+
+    missing = [name for name in ("sklearn", "scipy", "matplotlib") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ev.DataError(f"evaluation needs {', '.join(missing)}: pip install 'echo-embeddings[eval]'")
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import echo_embeddings
 
+    _check_extras()
     tasks = _load_tasks(args)
     out = Path(args.out)
     results: dict[str, dict[str, dict[str, float]]] = {}
