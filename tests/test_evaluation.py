@@ -119,3 +119,19 @@ def test_missing_extras_fail_first(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     assert cli.main(["evaluate", "--model", "x", "--sts", "whatever.tsv"]) == 2
     assert "pip install 'echo-embeddings[eval]'" in capsys.readouterr().err
+
+
+def test_classification_survives_anisotropic_embeddings() -> None:
+    # Decoder embeddings share one dominant direction; the class signal is a small residual.
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=64)
+
+    def encode(texts: list[str], task: str | None) -> np.ndarray:
+        signal = np.array([[1.0 if t.startswith("x") else -1.0] + [0.0] * 63 for t in texts])
+        vectors = 50 * direction + 0.5 * signal + 0.1 * rng.normal(size=(len(texts), 64))
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    train = [f"{c}{i}" for i in range(30) for c in "xyy"]
+    test = [f"{c}t{i}" for i in range(10) for c in "xyy"]
+    task = ev.Classification("aniso", train, [t[0] for t in train], test, [t[0] for t in test])
+    assert ev.evaluate_classification(encode, task, runs=1)["accuracy"] >= 90
