@@ -134,3 +134,13 @@ def test_prompt_names_select_templates_like_mteb(make_model, tmp_path) -> None:
     passage = model.encode(sentences=["d"], prompt_name="document", convert_to_tensor=True)
     assert torch.allclose(passage[0], embedder.encode(["d"], "document")[0], atol=1e-5)
     assert torch.allclose(model.encode_query(["q?"], convert_to_tensor=True), by_name, atol=1e-5)
+
+
+def test_template_object_round_trips(make_model, tmp_path) -> None:
+    from echo_embeddings import Template
+
+    model = make_model(Template.parse("Say {x} in a word:", "last"))
+    before = model.encode(TEXTS, convert_to_tensor=True)
+    model.save(str(tmp_path / "t"))
+    again = echo_embeddings.load(str(tmp_path / "t"), device="cpu")
+    assert again[0].pooling == "last" and torch.equal(again.encode(TEXTS, convert_to_tensor=True), before)

@@ -21,7 +21,7 @@ from . import __version__
 from .engine import DEFAULT_MAX_SEQ_LENGTH, Batch, Embedder, as_preset, check_texts
 from .hooks import LayerPlan, tp_defaults
 from .loading import ensure_pad_token, load_decoder
-from .templates import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, Pooling
+from .templates import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, PRESETS, Pooling, Preset, Template
 
 CONFIG_FILE = "echo_embeddings_config.json"
 
@@ -44,7 +44,7 @@ class EchoEmbedder(InputModule):
     def __init__(
         self,
         model_name_or_path: str | None = None,
-        strategy: str | None = None,
+        strategy: str | Preset | Template | None = None,
         *,
         pooling: Pooling = "mean",
         instruction: str = DEFAULT_INSTRUCTION,
@@ -81,7 +81,14 @@ class EchoEmbedder(InputModule):
                 )
             tp_layers = (defaults.tp_start, defaults.tp_stop) if tp_layers is None else tp_layers
             output_layer = defaults.output_layer if output_layer is None else output_layer
-        self.strategy = strategy
+        # Saved as text: a preset name, or a template string with its pooling.
+        if isinstance(strategy, Template):
+            strategy, pooling = strategy.spec, strategy.pooling
+        elif isinstance(strategy, Preset):
+            if PRESETS.get(strategy.name) is not strategy:
+                raise ValueError(f"Register preset {strategy.name!r} (register_preset) so that a saved model can find it again")
+            strategy = strategy.name
+        self.strategy: str = strategy
         self.pooling: Pooling = pooling
         self.output_layer = -1 if output_layer is None else int(output_layer)
         self.final_norm = final_norm
