@@ -180,6 +180,7 @@ def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
     smollm2_shaped = AutoModel.from_config(LlamaConfig(vocab_size=49152, num_hidden_layers=30, **small))
     assert tp_defaults(smollm2_shaped, "prompteol+tp") == tp_defaults(smollm2_shaped, "pcot+tp") == (1, 8, -3)
     assert tp_defaults(smollm2_shaped, "ke+tp") == (1, 8, -1)
+    assert tp_defaults(smollm2_shaped, "metaeol+tp") == (1, 1, -1)
     gemma_shaped = AutoModel.from_config(Gemma3TextConfig(vocab_size=262144, num_hidden_layers=18, head_dim=8, **small)).eval()
     with pytest.warns(UserWarning, match="Token prepending is off by default for this model"):
         module = EchoEmbedder(strategy="prompteol+tp", model=gemma_shaped, tokenizer=bpe_tokenizer)
