@@ -128,3 +128,22 @@ def test_token_budget_batches_cap_padded_tokens(make_model) -> None:
     for batch in batches:
         width = max(len(prepared[i][0].ids) for i in batch)
         assert len(batch) == 1 or len(batch) * width <= 120
+
+
+def test_out_of_memory_halves_the_batch(make_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = make_model("echo")[0].embedder
+    expected = embedder.encode(MIXED, batch_size=8)
+    real_forward = embedder.forward
+
+    def small_memory(batch):
+        if batch.input_ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real_forward(batch)
+
+    monkeypatch.setattr(embedder, "forward", small_memory)
+    with pytest.warns(UserWarning, match="retrying it in halves"):
+        got = embedder.encode(MIXED, batch_size=8)
+    assert (got - expected).abs().max().item() <= 1e-5
+    monkeypatch.setattr(embedder, "forward", lambda batch: (_ for _ in ()).throw(torch.OutOfMemoryError("one text")))
+    with pytest.raises(torch.OutOfMemoryError):
+        embedder.encode(["a single text"])

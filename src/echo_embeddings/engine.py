@@ -197,12 +197,26 @@ class Embedder:
         order = sorted(range(len(prepared)), key=lambda i: -_width(prepared[i]))
         with tqdm(total=len(prepared), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
             for chunk in _length_batches(order, prepared, batch_size, max_batch_tokens):
-                vectors = self.forward(self.collate([prepared[i] for i in chunk], pooling))
-                out[chunk] = vectors.float().cpu()
+                out[chunk] = self._forward_halving([prepared[i] for i in chunk], pooling)
                 bar.update(len(chunk))
         if normalize:
             out = nn.functional.normalize(out, p=2, dim=1)
         return out
+
+
+    def _forward_halving(self, items: list[Prepared], pooling: Pooling) -> torch.Tensor:
+        """Forward a batch; on out-of-memory, warn and retry its halves (same vectors: batches
+        do not change results), down to a single text, whose OOM is raised."""
+        try:
+            return self.forward(self.collate(items, pooling)).float().cpu()
+        except torch.OutOfMemoryError:
+            if len(items) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            warnings.warn(f"Out of memory on a batch of {len(items)} texts; retrying it in halves", stacklevel=3)
+            half = len(items) // 2
+            return torch.cat([self._forward_halving(items[:half], pooling), self._forward_halving(items[half:], pooling)])
 
 
 def _width(item: Prepared) -> int:
