@@ -78,7 +78,7 @@ def main() -> None:
     for preset_name in args.presets.split(","):
         for tp in [(0, 0), *ranges]:
             name = preset_name if tp == (0, 0) else f"{preset_name}+tp"
-            embedder = Embedder(base.model, base.tokenizer, echo_embeddings.get_preset(name), LayerPlan(-1, False, *tp))
+            embedder = Embedder(base.model, base.tokenizer, echo_embeddings.get_preset(name), LayerPlan(-1, False, *tp), prefix_cache=False)  # every layer's states of the whole prompt
             per_set = []
             for a, b, gold in sets.values():
                 states = all_layers(embedder, a + b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_intermediate_layers_match_output_hidden_states(make_model, arch: str, o
     model = make_model("echo", arch=arch, output_layer=output_layer)
     embedder = model[0].embedder
     (item,) = embedder.prepare(["Dogs run in the park."])
-    batch = embedder.collate([item], "mean")
+    batch = replace(embedder, prefix_cache=False).collate([item], "mean")  # the whole prompt, for the reference
     with torch.no_grad():
         states = embedder.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
         expected = states[output_layer][0][batch.pool_mask[0].bool()].mean(0)

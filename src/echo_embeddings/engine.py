@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .hooks import LayerPlan, forward_hidden
+from .hooks import LayerPlan, forward_hidden, resolve_output_layer
+from .prefix_cache import PrefixCache, supports_prefix_cache
 from .templates import DEFAULT_INSTRUCTION, Layout, PieceTokenizer, Pooling, Preset, Template, get_preset
 
 DEFAULT_MAX_SEQ_LENGTH = 512
@@ -58,13 +59,15 @@ class Batch:
     placeholder_index: torch.Tensor | None
     pooling: Pooling
     groups: int = 1
+    prefix: tuple[int, ...] = ()
+    """Ids every row starts with, left out of ``input_ids``: their keys and values come from the cache."""
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         tensors = (self.input_ids, self.attention_mask, self.pool_mask, self.last_index, self.placeholder_index)
-        return Batch(*(move(t) for t in tensors), self.pooling, self.groups)  # type: ignore[misc]
+        return Batch(*(move(t) for t in tensors), self.pooling, self.groups, self.prefix)  # type: ignore[misc]
 
-    _KEYS = ("input_ids", "attention_mask", "pool_mask", "last_index", "placeholder_index", "pooling", "groups")
+    _KEYS = ("input_ids", "attention_mask", "pool_mask", "last_index", "placeholder_index", "pooling", "groups", "prefix")
 
     def as_features(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self._KEYS if getattr(self, key) is not None}
@@ -76,11 +79,13 @@ class Batch:
 
 @dataclass(frozen=True)
 class Row:
-    """One text laid into one template: ids, pooled positions, placeholder position."""
+    """One text laid into one template: ids, pooled positions, placeholder position, and how
+    many leading ids are the template's constant prefix."""
 
     ids: list[int]
     pooled: list[int]
     placeholder: int | None = None
+    constant: int = 0
 
 
 Prepared = tuple[Row, ...]
@@ -99,12 +104,16 @@ class Embedder:
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     placeholder_token: str | int | None = None
     padding_side: str = "right"
+    prefix_cache: bool = True
+    """Compute the template's constant prefix once and reuse its keys and values (same vectors)."""
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
         self.pieces = PieceTokenizer(self.tokenizer, self.placeholder_token)
         self._layouts: dict[tuple[Template, str, bool], Layout] = {}
+        self._prefixes = PrefixCache()
+        self.prefix_cache = self.prefix_cache and supports_prefix_cache(self.model)
         if self.plan.token_prepending and not self.preset.token_prepending:
             raise ValueError(f"tp_layers are set but strategy {self.preset.name!r} has no token prepending; use a '+tp' strategy")
 
@@ -148,10 +157,22 @@ class Embedder:
                 f"repetition so that the prompt fits max_seq_length={self.max_seq_length}",
                 stacklevel=3,
             )
-        return [tuple(Row(*lay.build(encoded[lay.lead][i][:budget])) for lay in layouts) for i in range(len(texts))]
+        constant = [len(lay.constant_prefix) for lay in layouts]
+        return [
+            tuple(Row(*lay.build(encoded[lay.lead][i][:budget]), constant=c) for lay, c in zip(layouts, constant))
+            for i in range(len(texts))
+        ]
 
     def collate(self, items: Sequence[Prepared], pooling: Pooling) -> Batch:
+        """Pad the rows into tensors; with the prefix cache on, the shared constant prefix is cut off."""
         rows = [item[g] for g in range(len(items[0])) for item in items]
+        prefix = _shared_prefix(rows) if self.prefix_cache else ()
+        if prefix:
+            cut = len(prefix)
+            rows = [
+                Row(r.ids[cut:], [p - cut for p in r.pooled], None if r.placeholder is None else r.placeholder - cut)
+                for r in rows
+            ]
         longest = max(len(r.ids) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), longest), pad if pad is not None else 0, dtype=torch.long)
@@ -167,7 +188,7 @@ class Embedder:
         placeholder = None
         if rows[0].placeholder is not None:
             placeholder = torch.tensor([off + r.placeholder for r, off in zip(rows, offsets)], dtype=torch.long)
-        return Batch(input_ids, attention, pool_mask, last, placeholder, pooling, len(items[0]))
+        return Batch(input_ids, attention, pool_mask, last, placeholder, pooling, len(items[0]), prefix)
 
     def tokenize(self, texts: Sequence[str], task: str | None = None, instruction: str | None = None) -> Batch:
         return self.collate(self.prepare(texts, task, instruction), self.pooling(task))
@@ -175,7 +196,13 @@ class Embedder:
     def forward(self, batch: Batch) -> torch.Tensor:
         """Pooled embeddings ``[texts, dim]`` in fp32; differentiable (no inference mode here)."""
         batch = batch.to(self.device)
-        hidden = forward_hidden(self.model, batch.input_ids, batch.attention_mask, self.plan, batch.last_index, batch.placeholder_index)
+        past = None
+        if batch.prefix:
+            depth = resolve_output_layer(self.model, self.plan.output_layer)[0]
+            past = self._prefixes.past(self.model, batch.prefix, depth, batch.input_ids.shape[0])
+        hidden = forward_hidden(
+            self.model, batch.input_ids, batch.attention_mask, self.plan, batch.last_index, batch.placeholder_index, past
+        )
         return pool(hidden, batch)
 
     @torch.inference_mode()
@@ -217,6 +244,17 @@ class Embedder:
             warnings.warn(f"Out of memory on a batch of {len(items)} texts; retrying it in halves", stacklevel=3)
             half = len(items) // 2
             return torch.cat([self._forward_halving(items[:half], pooling), self._forward_halving(items[half:], pooling)])
+
+
+def _shared_prefix(rows: Sequence[Row]) -> tuple[int, ...]:
+    """The longest constant start common to all rows that is neither pooled, nor the placeholder,
+    nor the whole row (at least one token must go through the batch forward)."""
+    first = rows[0].ids
+    n = min(min(r.constant, r.pooled[0], len(r.ids) - 1, len(first) if r.placeholder is None else r.placeholder) for r in rows)
+    for r in rows:
+        while n and r.ids[:n] != first[:n]:
+            n -= 1
+    return tuple(first[:n])
 
 
 def _width(item: Prepared) -> int:

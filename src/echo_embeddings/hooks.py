@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from transformers import Cache
 
 _LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer")
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
@@ -142,19 +143,25 @@ def forward_hidden(
     plan: LayerPlan,
     last_index: torch.Tensor,
     placeholder_index: torch.Tensor | None = None,
+    past: Cache | None = None,
 ) -> torch.Tensor:
     """Run the bare decoder under ``plan`` and return the hidden states ``[batch, seq, dim]``.
 
-    Layers after an intermediate output layer are never called.
+    ``past`` holds a cached prefix that every row continues; the hidden states cover only the
+    new ids. Layers after an intermediate output layer are never called.
     """
     index, n = resolve_output_layer(model, plan.output_layer)
     early = index < n
+    cached = past.get_seq_length() if past is not None else 0
+    if cached:
+        attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], cached), attention_mask], dim=1)
     # Explicit positions make left padding exact too (models otherwise count pads as positions).
     inputs = dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=False,
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0)[:, cached:],
+        past_key_values=past,
+        use_cache=past is not None,
     )
     if not early and not plan.token_prepending:
         return model(**inputs).last_hidden_state

@@ -263,6 +263,18 @@ class Layout:
     def fixed_length(self) -> int:
         return sum(len(s) for s in self.segments if s is not None)
 
+    @property
+    def constant_prefix(self) -> tuple[int, ...]:
+        """The ids every text shares at the start (BOS, instruction, ``Rewrite ...: ``): the fixed
+        pieces before the first input, placeholder or pooled piece. The engine caches their keys
+        and values instead of recomputing them for every text."""
+        ids: list[int] = []
+        for i, seg in enumerate(self.segments):
+            if seg is None or i == self.placeholder_piece or self.pooled[i]:
+                break
+            ids.extend(seg)
+        return tuple(ids)
+
     def build(self, text_ids: list[int]) -> tuple[list[int], list[int], int | None]:
         """Ids, pooled positions and the placeholder position for one tokenized text."""
         ids: list[int] = []
