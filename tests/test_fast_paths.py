@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from echo_embeddings import PRESETS
+import echo_embeddings
+from echo_embeddings import PRESETS, save_npy
 from echo_embeddings.engine import Embedder
 
 TEXTS = [
@@ -80,3 +82,57 @@ def test_gradients_reach_the_prefix_when_training(make_model) -> None:
     engine.forward(batch).sum().backward()
     grads = engine.model.get_input_embeddings().weight.grad
     assert grads[list(batch.prefix)].abs().sum() > 0
+
+
+def counting(texts: list[str], pulled: list[int]):
+    for text in texts:
+        pulled[0] += 1
+        yield text
+
+
+def test_stream_reads_lazily_and_equals_encode(make_model) -> None:
+    engine = make_model("echo")[0].embedder
+    texts = [f"Sentence number {i} about {'dogs' if i % 3 else 'a long walk in the park'}." for i in range(100_000)]
+    pulled = [0]
+    stream = engine.stream(counting(texts, pulled), chunk_size=1000, batch_size=256)
+    first, second = next(stream), next(stream)
+    assert first.shape == second.shape == (1000, engine.hidden_size)
+    assert pulled[0] <= 2000  # nothing read ahead of the chunk being embedded
+    assert_same(torch.cat([first, second])[::97], plain(engine).encode(texts[:2000:97]))
+    pulled = [0]
+    rows = sum(chunk.shape[0] for chunk in engine.stream(counting(texts[:4321], pulled), chunk_size=1000))
+    assert rows == pulled[0] == 4321
+
+
+def test_stream_names_the_global_index_of_a_bad_item(make_model) -> None:
+    engine = make_model("echo")[0].embedder
+    with pytest.raises(TypeError, match="Input 7 is int"):
+        list(engine.stream(["a"] * 7 + [3], chunk_size=4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        list(engine.stream(["a"], chunk_size=0))
+
+
+def test_save_npy_writes_a_memmappable_array(make_model, tmp_path) -> None:
+    model = make_model("echo")
+    texts = [f"text {i}" for i in range(37)] + ["", "last one"]
+    rows, dim = save_npy(model.stream(iter(texts), chunk_size=8), tmp_path / "v.npy")
+    stored = np.load(tmp_path / "v.npy", mmap_mode="r")
+    assert isinstance(stored, np.memmap) and stored.shape == (rows, dim) == (len(texts), model[0].embedder.hidden_size)
+    assert_same(torch.from_numpy(np.array(stored)), model.encode(texts, convert_to_tensor=True))
+    assert save_npy(iter([]), tmp_path / "empty.npy") == (0, 0)
+    assert np.load(tmp_path / "empty.npy").shape == (0, 0)
+
+
+def test_cli_embed_streams_a_text_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from echo_embeddings import cli, testing
+
+    folder = testing.save_tiny_model(tmp_path / "tiny")
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("id\ttext\n1\tA dog runs.\n2\t\n3\tCats sleep all day.\n", encoding="utf-8")
+    out = tmp_path / "vectors.npy"
+    assert cli.main(["embed", str(corpus), "--column", "text", "--out", str(out), "--model", str(folder), "--chunk-size", "2"]) == 0
+    vectors = np.load(out, mmap_mode="r")
+    assert vectors.shape[0] == 3
+    expected = echo_embeddings.load(str(folder), "echo", device="cpu")[0].embedder.encode(["A dog runs.", "", "Cats sleep all day."])
+    assert_same(torch.from_numpy(np.array(vectors)), expected)
+    assert cli.main(["embed", str(corpus), "--column", "nope", "--out", str(out), "--model", str(folder)]) == 2

@@ -12,6 +12,7 @@ from .engine import Embedder, as_preset, check_texts
 from .hooks import LayerPlan
 from .loading import ALIASES, DEFAULT_MODEL, EmbeddedModel, register_alias
 from .st_module import EchoEmbedder, EchoSentenceTransformer, is_saved_model
+from .streaming import save_npy
 from .templates import PRESETS, Preset, Template, get_preset, register_preset
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "load",
     "register_alias",
     "register_preset",
+    "save_npy",
 ]
 
 

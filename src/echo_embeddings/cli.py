@@ -1,4 +1,9 @@
-"""``echo-embeddings evaluate``: several models and strategies side by side on local data.
+"""The command line: ``embed`` a large corpus to a ``.npy`` file, ``evaluate`` strategies on local data.
+
+    echo-embeddings embed corpus.txt --out vectors.npy --model smollm2-135m --strategy echo
+
+reads one text per line (or ``--column`` of a TSV/CSV) lazily and writes float32 rows in input
+order, so memory stays bounded for any corpus size; ``numpy.load(out, mmap_mode="r")`` reads it.
 
     echo-embeddings evaluate --model smollm2-135m --strategy mean,echo,prompteol \\
         --sts ../shared/data/stsb_dev.tsv --classification ../shared/data/banking77_train.csv \\
@@ -11,8 +16,10 @@ Prints a table (tasks as rows, model/strategy as columns, an average row), and w
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,18 @@ MAIN_METRIC = {"sts": "spearman", "retrieval": "ndcg@10", "classification": "acc
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echo-embeddings", description="Training-free sentence embeddings from causal LMs.")
     commands = parser.add_subparsers(dest="command", required=True)
+    embed = commands.add_parser("embed", help="embed a text file (one text per line, or a TSV/CSV column) into a .npy file")
+    embed.add_argument("input", help="text file, TSV or CSV ('-' reads stdin)")
+    embed.add_argument("--out", required=True, help="the .npy file to write: float32 [texts, dim], input order")
+    embed.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header instead of whole lines")
+    embed.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
+    embed.add_argument("--strategy", default="echo", help="preset or template (default: %(default)s)")
+    embed.add_argument("--task", choices=["sentence", "query", "document"], default="sentence", help="which template (default: %(default)s)")
+    embed.add_argument("--normalize", action="store_true", help="unit-length vectors")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--max-batch-tokens", type=int, default=None, help="cap on padded tokens per batch")
+    embed.add_argument("--chunk-size", type=int, default=4096, help="texts read and sorted at a time (bounds memory)")
+    embed.add_argument("--device", default=None)
     ev_parser = commands.add_parser("evaluate", help="score models and strategies on local STS, retrieval and classification data")
     ev_parser.add_argument("--model", action="append", required=True, help="alias, id, folder or .gguf; repeat or comma-separate")
     ev_parser.add_argument("--strategy", default="mean,echo,prompteol", help="comma-separated strategies (default: %(default)s)")
@@ -170,10 +189,49 @@ def chart(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def read_texts(path: str, column: str | None = None) -> Iterator[str]:
+    """Texts read lazily: whole lines (without their newline), or one column of a delimited file."""
+    handle = sys.stdin if path == "-" else open(path, encoding="utf-8", newline="")  # noqa: SIM115
+    try:
+        if column is None:
+            for line in handle:
+                yield line.rstrip("\r\n")
+            return
+        delimiter = "," if path.endswith(".csv") else "\t"
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
+        if column not in (reader.fieldnames or []):
+            raise ev.DataError(f"{path} has no column {column!r}; its columns are {reader.fieldnames}")
+        for row in reader:
+            yield row[column] or ""
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+
+
+def embed(args: argparse.Namespace) -> None:
+    import echo_embeddings
+    from echo_embeddings.streaming import save_npy
+
+    if not args.input == "-" and not Path(args.input).is_file():
+        raise ev.DataError(f"no such file: {args.input}")
+    model = echo_embeddings.load(args.model or echo_embeddings.DEFAULT_MODEL, args.strategy, device=args.device)
+    chunks = model[0].embedder.stream(
+        read_texts(args.input, args.column),
+        None if args.task == "sentence" else args.task,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        normalize=args.normalize,
+        show_progress_bar=True,
+    )
+    rows, dim = save_npy(chunks, args.out)
+    print(f"wrote {rows} x {dim} float32 to {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        evaluate(args)
+        embed(args) if args.command == "embed" else evaluate(args)
     except ev.DataError as error:
         print(f"echo-embeddings: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,9 @@ Every surface (sentence-transformers, LangChain, LlamaIndex, the CLI) goes throu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +24,32 @@ from .templates import DEFAULT_INSTRUCTION, Layout, PieceTokenizer, Pooling, Pre
 DEFAULT_MAX_SEQ_LENGTH = 512
 
 
-def check_texts(texts: object) -> list[str]:
+def check_texts(texts: object, first_index: int = 0) -> list[str]:
     """Fail before any model work if an item is not a string, naming its index and type."""
     if isinstance(texts, str):
         raise TypeError("Expected a list of strings, got a single str; wrap it in a list")
     texts = list(texts)  # type: ignore[call-overload]
-    for i, text in enumerate(texts):
+    for i, text in enumerate(texts, first_index):
         if not isinstance(text, str):
             raise TypeError(f"Input {i} is {type(text).__name__} ({text!r:.60}); every input must be a str")
     return texts
+
+
+def chunked(texts: Iterable[str], chunk_size: int) -> Iterator[list[str]]:
+    """Checked lists of up to ``chunk_size`` texts, read lazily from any iterable."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if isinstance(texts, str):
+        raise TypeError("Expected an iterable of strings, got a single str; wrap it in a list")
+    items = iter(texts)
+    done = 0
+    while chunk := check_texts(islice(items, chunk_size), first_index=done):
+        yield chunk
+        done += len(chunk)
+
+
+def known_length(texts: Iterable[str]) -> int | None:
+    return len(texts) if isinstance(texts, Sized) else None
 
 
 def as_preset(strategy: str | Preset | Template, pooling: Pooling = "mean") -> Preset:
@@ -218,18 +237,51 @@ class Embedder:
         show_progress_bar: bool = False,
     ) -> torch.Tensor:
         """Embed ``texts`` in input order; batches are length-sorted by token count."""
+        texts = check_texts(texts)
+        with tqdm(total=len(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+            return self._encode(texts, task, instruction, batch_size, max_batch_tokens, normalize, bar)
+
+    def stream(
+        self,
+        texts: Iterable[str],
+        task: str | None = None,
+        *,
+        chunk_size: int = 4096,
+        instruction: str | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int | None = None,
+        normalize: bool = False,
+        show_progress_bar: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """Embed an iterable of any length, ``chunk_size`` texts at a time, yielding ``[chunk, dim]``
+        in input order. Memory is bounded by the chunk: the input is read lazily."""
+        with tqdm(total=known_length(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+            for chunk in chunked(texts, chunk_size):
+                with torch.inference_mode():
+                    yield self._encode(chunk, task, instruction, batch_size, max_batch_tokens, normalize, bar)
+
+    def _encode(
+        self,
+        texts: Sequence[str],
+        task: str | None,
+        instruction: str | None,
+        batch_size: int,
+        max_batch_tokens: int | None,
+        normalize: bool,
+        bar: tqdm,
+    ) -> torch.Tensor:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         prepared = self.prepare(texts, task, instruction)
         pooling = self.pooling(task)
         out = torch.empty((len(prepared), self.hidden_size), dtype=torch.float32)
         order = sorted(range(len(prepared)), key=lambda i: -_width(prepared[i]))
-        with tqdm(total=len(prepared), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
-            for chunk in _length_batches(order, prepared, batch_size, max_batch_tokens):
-                out[chunk] = self._forward_halving([prepared[i] for i in chunk], pooling)
-                bar.update(len(chunk))
+        for chunk in _length_batches(order, prepared, batch_size, max_batch_tokens):
+            out[chunk] = self._forward_halving([prepared[i] for i in chunk], pooling)
+            bar.update(len(chunk))
         if normalize:
             out = nn.functional.normalize(out, p=2, dim=1)
         return out
-
 
     def _forward_halving(self, items: list[Prepared], pooling: Pooling) -> torch.Tensor:
         """Forward a batch; on out-of-memory, warn and retry its halves (same vectors: batches

@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
+from tqdm.auto import tqdm
 
 from . import __version__
-from .engine import DEFAULT_MAX_SEQ_LENGTH, Batch, Embedder, as_preset, check_texts
+from .engine import DEFAULT_MAX_SEQ_LENGTH, Batch, Embedder, as_preset, check_texts, chunked, known_length
 from .hooks import LayerPlan, tp_defaults
 from .loading import ensure_pad_token, load_decoder
 from .templates import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, PRESETS, Pooling, Preset, Template
@@ -192,6 +194,18 @@ class EchoSentenceTransformer(SentenceTransformer):
         if "task" not in kwargs and kwargs.get("prompt_name") in PROMPT_TASKS:
             kwargs["task"] = PROMPT_TASKS[kwargs["prompt_name"]]
         return super().encode(inputs, *args, **kwargs)
+
+    def stream(
+        self, texts: Iterable[str], *, chunk_size: int = 4096, show_progress_bar: bool = False, **encode_options: Any
+    ) -> Iterator[np.ndarray]:
+        """Encode an iterable of any length ``chunk_size`` texts at a time, yielding arrays in
+        input order; the input is read lazily, so memory stays bounded. Write the result to disk
+        with ``echo_embeddings.save_npy(model.stream(texts), "vectors.npy")``."""
+        encode_options.setdefault("convert_to_numpy", True)
+        with tqdm(total=known_length(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+            for chunk in chunked(texts, chunk_size):
+                yield self.encode(chunk, show_progress_bar=False, **encode_options)
+                bar.update(len(chunk))
 
 
 def is_saved_model(path: str | os.PathLike) -> bool:

@@ -1,0 +1,46 @@
+"""Write a stream of embedding chunks to a ``.npy`` file without holding them in memory.
+
+The file is a standard NumPy array: ``numpy.load(path, mmap_mode="r")`` opens it as a memmap.
+The row count is unknown until the stream ends, so the header is written with room to spare
+and rewritten, same size, at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_MAGIC = b"\x93NUMPY\x01\x00"
+_HEADER_BYTES = 128  # magic + length + dict, a multiple of 64 as the format asks
+
+
+def _header(rows: int, dim: int) -> bytes:
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+    room = _HEADER_BYTES - len(_MAGIC) - 2 - len(text) - 1
+    if room < 0:
+        raise ValueError(f"shape ({rows}, {dim}) does not fit the .npy header")
+    body = (text + " " * room + "\n").encode("latin1")
+    return _MAGIC + struct.pack("<H", len(body)) + body
+
+
+def save_npy(chunks: Iterable[torch.Tensor | np.ndarray], path: str | os.PathLike) -> tuple[int, int]:
+    """Append each ``[n, dim]`` chunk to ``path`` as float32; returns the final shape."""
+    path = Path(path)
+    rows, dim = 0, None
+    with path.open("wb") as f:
+        f.write(_header(0, 0))
+        for chunk in chunks:
+            array = chunk.numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+            if array.ndim != 2 or (dim is not None and array.shape[1] != dim):
+                raise ValueError(f"Chunk of shape {array.shape} after {rows} rows; expected [n, {dim or 'dim'}]")
+            dim = array.shape[1]
+            f.write(np.ascontiguousarray(array, dtype="<f4").tobytes())
+            rows += array.shape[0]
+        f.seek(0)
+        f.write(_header(rows, dim or 0))
+    return rows, dim or 0
