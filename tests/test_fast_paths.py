@@ -8,6 +8,7 @@ import torch
 
 import echo_embeddings
 from echo_embeddings import PRESETS, save_npy
+from echo_embeddings import packing as packing_module
 from echo_embeddings.engine import Embedder
 
 TEXTS = [
@@ -22,7 +23,14 @@ TEXTS = [
 
 def plain(engine: Embedder) -> Embedder:
     """The same model and strategy with every optimization off."""
-    return Embedder(engine.model, engine.tokenizer, engine.preset, engine.plan, engine.instruction, engine.max_seq_length, prefix_cache=False)
+    return Embedder(
+        engine.model, engine.tokenizer, engine.preset, engine.plan, engine.instruction, engine.max_seq_length,
+        prefix_cache=False, packing=False,
+    )
+
+
+def variant(engine: Embedder, **options: object) -> Embedder:
+    return Embedder(engine.model, engine.tokenizer, engine.preset, engine.plan, engine.instruction, engine.max_seq_length, **options)  # type: ignore[arg-type]
 
 
 def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -32,21 +40,24 @@ def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("strategy", sorted(PRESETS))
-def test_prefix_cache_equals_plain_path_every_strategy(make_model, strategy: str) -> None:
+def test_each_optimization_equals_plain_path_every_strategy(make_model, strategy: str) -> None:
     engine = make_model(strategy)[0].embedder
-    assert engine.prefix_cache
-    for task in (None, "query", "document"):
-        assert_same(engine.encode(TEXTS, task, batch_size=4), plain(engine).encode(TEXTS, task, batch_size=4))
+    assert engine.prefix_cache and engine._kernel() == "grouped-sdpa"
+    reference = plain(engine)
+    for options in ({}, {"packing": False}, {"prefix_cache": False}):
+        for task in (None, "query", "document"):
+            assert_same(variant(engine, **options).encode(TEXTS, task, batch_size=4), reference.encode(TEXTS, task, batch_size=4))
 
 
-def test_prefix_cache_equals_plain_path_every_architecture(make_model, arch: str) -> None:
+def test_each_optimization_equals_plain_path_every_architecture(make_model, arch: str) -> None:
     for strategy in ("echo", "prompteol+tp"):
         engine = make_model(strategy, arch=arch)[0].embedder
-        assert_same(engine.encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
+        for options in ({}, {"packing": False}, {"prefix_cache": False}):
+            assert_same(variant(engine, **options).encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
 
 
 def test_prefix_is_cut_and_computed_once(make_model) -> None:
-    engine = make_model("ke")[0].embedder
+    engine = variant(make_model("ke")[0].embedder, packing=False)
     batch = engine.tokenize(TEXTS[:2])
     full = plain(engine).tokenize(TEXTS[:2])
     assert len(batch.prefix) > 20  # the Knowledge-Enhancement preamble
@@ -70,18 +81,53 @@ def test_prefix_cache_follows_weight_updates(make_model) -> None:
 def test_prefix_cache_with_early_exit_and_left_padding(make_model) -> None:
     for options in ({"output_layer": 1}, {"output_layer": 1, "final_norm": True}, {"output_layer": -1}):
         engine = make_model("echo", **options)[0].embedder
-        left = Embedder(engine.model, engine.tokenizer, engine.preset, engine.plan, padding_side="left")
+        left = Embedder(engine.model, engine.tokenizer, engine.preset, engine.plan, padding_side="left", packing=False)
         assert_same(engine.encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
         assert_same(left.encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
 
 
-def test_gradients_reach_the_prefix_when_training(make_model) -> None:
-    engine = make_model("echo")[0].embedder
-    batch = engine.tokenize(TEXTS[:2])
-    assert batch.prefix
-    engine.forward(batch).sum().backward()
+@pytest.mark.parametrize("packing", [True, False])
+def test_gradients_reach_the_prefix_when_training(make_model, packing: bool) -> None:
+    engine = variant(make_model("echo")[0].embedder, packing=packing)
+    batch = engine.tokenize(TEXTS[:3])
+    assert batch.prefix and batch.packed == packing
+    vectors = engine.forward(batch)
+    vectors.sum().backward()
     grads = engine.model.get_input_embeddings().weight.grad
     assert grads[list(batch.prefix)].abs().sum() > 0
+    with torch.no_grad():
+        assert_same(vectors.detach(), plain(engine).encode(TEXTS[:3]))
+
+
+def test_packed_batch_has_no_padding(make_model) -> None:
+    engine = make_model("echo")[0].embedder
+    batch = engine.tokenize(TEXTS)
+    rows = engine.prepare(TEXTS)
+    assert batch.packed and batch.input_ids.shape[0] == 1
+    assert batch.input_ids.shape[1] == sum(len(item[0].ids) - len(batch.prefix) for item in rows)
+    assert batch.position_ids[0, 0].item() == len(batch.prefix)
+
+
+def reference_varlen(q, k, v, packing, prefix, scaling):
+    """The CUDA kernels' contract on CPU: joined keys from _with_prefix, bottom-right causal per row."""
+    keys, values, cu_k, _ = packing_module._with_prefix(k, v, packing, prefix)
+    q = q.transpose(0, 1)
+    out = torch.empty_like(q)
+    cu_q = packing.cu_seqlens.tolist()
+    for r, (qa, qb, ka, kb) in enumerate(zip(cu_q, cu_q[1:], cu_k.tolist(), cu_k.tolist()[1:])):
+        qs, ks, vs = q[qa:qb].transpose(0, 1), keys[ka:kb].transpose(0, 1), values[ka:kb].transpose(0, 1)
+        mask = torch.ones(qb - qa, kb - ka, dtype=torch.bool).tril(kb - ka - (qb - qa))
+        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scaling, enable_gqa=qs.shape[0] != ks.shape[0])
+        out[qa:qb] = o.transpose(0, 1)
+    return out
+
+
+def test_varlen_layout_for_cuda_kernels(make_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The joined key layout and cu_seqlens that the torch/flash varlen kernels get, checked on CPU."""
+    monkeypatch.setitem(packing_module._KERNELS, "grouped-sdpa", reference_varlen)
+    for strategy in ("echo", "prompteol+tp", "metaeol"):
+        engine = make_model(strategy, arch="qwen2")[0].embedder  # grouped-query attention
+        assert_same(engine.encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
 
 
 def counting(texts: list[str], pulled: list[int]):

@@ -10,7 +10,7 @@ import warnings
 
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from itertools import islice
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .hooks import LayerPlan, forward_hidden, resolve_output_layer
+from .packing import Packing, fits_window, model_lock, packed, supports_packing, varlen_kernel
 from .prefix_cache import PrefixCache, supports_prefix_cache
 from .templates import DEFAULT_INSTRUCTION, Layout, PieceTokenizer, Pooling, Preset, Template, get_preset
 
@@ -65,14 +66,17 @@ def as_preset(strategy: str | Preset | Template, pooling: Pooling = "mean") -> P
 
 @dataclass
 class Batch:
-    """Padded tensors for one forward (right-padded unless the engine says left), plus where to pool.
+    """Tensors for one forward plus where to pool.
 
+    Padded (``attention_mask`` set, right-padded unless the engine says left): ``[rows, width]``.
+    Packed (``cu_seqlens`` set): every row back to back in ``[1, total]``, ``pool_mask`` is
+    ``[rows, total]``, and indices are positions in the packed sequence.
     Rows are template-major: with ``groups`` templates (MetaEOL) row ``g * n + i`` is text
     ``i`` in template ``g``, and the pooled vectors of a text's rows are averaged.
     """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     pool_mask: torch.Tensor
     last_index: torch.Tensor
     placeholder_index: torch.Tensor | None
@@ -80,13 +84,19 @@ class Batch:
     groups: int = 1
     prefix: tuple[int, ...] = ()
     """Ids every row starts with, left out of ``input_ids``: their keys and values come from the cache."""
+    position_ids: torch.Tensor | None = None
+    cu_seqlens: torch.Tensor | None = None
+
+    _TENSORS = ("input_ids", "attention_mask", "pool_mask", "last_index", "placeholder_index", "position_ids", "cu_seqlens")
+    _KEYS = (*_TENSORS, "pooling", "groups", "prefix")
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
 
     def to(self, device: torch.device) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        tensors = (self.input_ids, self.attention_mask, self.pool_mask, self.last_index, self.placeholder_index)
-        return Batch(*(move(t) for t in tensors), self.pooling, self.groups, self.prefix)  # type: ignore[misc]
-
-    _KEYS = ("input_ids", "attention_mask", "pool_mask", "last_index", "placeholder_index", "pooling", "groups", "prefix")
+        moved = {k: getattr(self, k).to(device, non_blocking=True) for k in self._TENSORS if getattr(self, k) is not None}
+        return replace(self, **moved)
 
     def as_features(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self._KEYS if getattr(self, key) is not None}
@@ -125,6 +135,8 @@ class Embedder:
     padding_side: str = "right"
     prefix_cache: bool = True
     """Compute the template's constant prefix once and reuse its keys and values (same vectors)."""
+    packing: bool | None = None
+    """Pack batches without padding; None: wherever the model and a kernel support it."""
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
@@ -133,6 +145,9 @@ class Embedder:
         self._layouts: dict[tuple[Template, str, bool], Layout] = {}
         self._prefixes = PrefixCache()
         self.prefix_cache = self.prefix_cache and supports_prefix_cache(self.model)
+        self._packable = supports_packing(self.model)
+        if self.packing and not self._packable:
+            raise ValueError(f"{type(self.model).__name__} does not support packed batches (soft-capped or custom attention)")
         if self.plan.token_prepending and not self.preset.token_prepending:
             raise ValueError(f"tp_layers are set but strategy {self.preset.name!r} has no token prepending; use a '+tp' strategy")
 
@@ -183,7 +198,8 @@ class Embedder:
         ]
 
     def collate(self, items: Sequence[Prepared], pooling: Pooling) -> Batch:
-        """Pad the rows into tensors; with the prefix cache on, the shared constant prefix is cut off."""
+        """Rows into tensors: packed where a kernel allows, else padded. With the prefix cache
+        on, the shared constant prefix is cut off (its keys and values come from the cache)."""
         rows = [item[g] for g in range(len(items[0])) for item in items]
         prefix = _shared_prefix(rows) if self.prefix_cache else ()
         if prefix:
@@ -193,6 +209,8 @@ class Embedder:
                 for r in rows
             ]
         longest = max(len(r.ids) for r in rows)
+        if self._kernel() and fits_window(self.model, longest + len(prefix)):
+            return _pack(rows, pooling, len(items[0]), prefix)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), longest), pad if pad is not None else 0, dtype=torch.long)
         attention = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -214,15 +232,34 @@ class Embedder:
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Pooled embeddings ``[texts, dim]`` in fp32; differentiable (no inference mode here)."""
-        batch = batch.to(self.device)
-        past = None
-        if batch.prefix:
-            depth = resolve_output_layer(self.model, self.plan.output_layer)[0]
-            past = self._prefixes.past(self.model, batch.prefix, depth, batch.input_ids.shape[0])
-        hidden = forward_hidden(
-            self.model, batch.input_ids, batch.attention_mask, self.plan, batch.last_index, batch.placeholder_index, past
-        )
-        return pool(hidden, batch)
+        depth = resolve_output_layer(self.model, self.plan.output_layer)[0]
+        with model_lock(self.model):
+            if batch.packed:
+                kernel = self._kernel()
+                if kernel is None:
+                    raise ValueError("This batch is packed but packing is off or unsupported here; collate it again")
+                lengths = batch.cu_seqlens.diff().tolist()  # type: ignore[union-attr]
+                batch = batch.to(self.device)
+                prefix = self._prefixes.key_values(self.model, batch.prefix, depth) if batch.prefix else None
+                with packed(self.model, Packing(lengths, batch.cu_seqlens, prefix), kernel):  # type: ignore[arg-type]
+                    hidden = forward_hidden(
+                        self.model, batch.input_ids, None, self.plan, batch.last_index, batch.placeholder_index,
+                        position_ids=batch.position_ids,
+                    )
+                return pool(hidden, batch)
+            batch = batch.to(self.device)
+            past = self._prefixes.past(self.model, batch.prefix, depth, batch.input_ids.shape[0]) if batch.prefix else None
+            hidden = forward_hidden(
+                self.model, batch.input_ids, batch.attention_mask, self.plan, batch.last_index, batch.placeholder_index, past
+            )
+            return pool(hidden, batch)
+
+    def _kernel(self) -> str | None:
+        """The packed-attention kernel to use, or None for padded batches."""
+        if self.packing is False or not self._packable:
+            return None
+        param = next(self.model.parameters())
+        return varlen_kernel(param.device, param.dtype)
 
     @torch.inference_mode()
     def encode(
@@ -298,6 +335,26 @@ class Embedder:
             return torch.cat([self._forward_halving(items[:half], pooling), self._forward_halving(items[half:], pooling)])
 
 
+def _pack(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[int, ...]) -> Batch:
+    """All rows back to back in one sequence, positions restarting after the cached prefix."""
+    lengths = [len(r.ids) for r in rows]
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    total = starts[-1]
+    input_ids = torch.tensor([[t for r in rows for t in r.ids]], dtype=torch.long)
+    position_ids = torch.tensor([[len(prefix) + i for n in lengths for i in range(n)]], dtype=torch.long)
+    pool_mask = torch.zeros((len(rows), total), dtype=torch.float32)
+    for i, (r, start) in enumerate(zip(rows, starts)):
+        pool_mask[i, [start + p for p in r.pooled]] = 1.0
+    last = torch.tensor([start + r.pooled[-1] for r, start in zip(rows, starts)], dtype=torch.long)
+    placeholder = None
+    if rows[0].placeholder is not None:
+        placeholder = torch.tensor([start + r.placeholder for r, start in zip(rows, starts)], dtype=torch.long)  # type: ignore[operator]
+    cu_seqlens = torch.tensor(starts, dtype=torch.int32)
+    return Batch(input_ids, None, pool_mask, last, placeholder, pooling, groups, prefix, position_ids, cu_seqlens)
+
+
 def _shared_prefix(rows: Sequence[Row]) -> tuple[int, ...]:
     """The longest constant start common to all rows that is neither pooled, nor the placeholder,
     nor the whole row (at least one token must go through the batch forward)."""
@@ -332,7 +389,12 @@ def _length_batches(order: list[int], prepared: list[Prepared], batch_size: int,
 def pool(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean over the pooled span, or its last token, in fp32; averaged over a text's templates."""
     hidden = hidden.float()
-    if batch.pooling == "last":
+    if batch.packed:
+        if batch.pooling == "last":
+            pooled = hidden[0, batch.last_index]
+        else:
+            pooled = (batch.pool_mask @ hidden[0]) / batch.pool_mask.sum(dim=1, keepdim=True)
+    elif batch.pooling == "last":
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
     else:
         mask = batch.pool_mask.to(hidden.dtype).unsqueeze(-1)

@@ -139,27 +139,32 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
 def forward_hidden(
     model: nn.Module,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     plan: LayerPlan,
     last_index: torch.Tensor,
     placeholder_index: torch.Tensor | None = None,
     past: Cache | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the bare decoder under ``plan`` and return the hidden states ``[batch, seq, dim]``.
 
     ``past`` holds a cached prefix that every row continues; the hidden states cover only the
-    new ids. Layers after an intermediate output layer are never called.
+    new ids. A packed batch comes with its ``position_ids`` and no mask. Layers after an
+    intermediate output layer are never called.
     """
     index, n = resolve_output_layer(model, plan.output_layer)
     early = index < n
-    cached = past.get_seq_length() if past is not None else 0
-    if cached:
-        attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], cached), attention_mask], dim=1)
-    # Explicit positions make left padding exact too (models otherwise count pads as positions).
+    if position_ids is None:
+        assert attention_mask is not None
+        cached = past.get_seq_length() if past is not None else 0
+        if cached:
+            attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], cached), attention_mask], dim=1)
+        # Explicit positions make left padding exact too (models otherwise count pads as positions).
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
     inputs = dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0)[:, cached:],
+        position_ids=position_ids,
         past_key_values=past,
         use_cache=past is not None,
     )
@@ -180,7 +185,8 @@ def forward_hidden(
         if threading.get_ident() != owner or kwargs is None:
             return None
         hidden = _hidden_arg(args, kwargs)
-        hidden = hidden.clone()  # keep autograd intact: never write into a tensor the graph saved
+        if torch.is_grad_enabled():
+            hidden = hidden.clone()  # keep autograd intact: never write into a tensor the graph saved
         hidden[rows, placeholder_index] = hidden[rows, last_index]
         return _with_hidden(args, kwargs, hidden)
 

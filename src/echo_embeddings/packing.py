@@ -1,0 +1,201 @@
+"""Padding-free batches: all rows of a batch packed into one sequence, attention kept per row.
+
+The decoder runs on ``[1, total_tokens]`` with positions restarting at every row, and a
+registered attention function (transformers' ``AttentionInterface``) attends within each row
+only, using ``cu_seqlens`` boundaries. No token of padding is computed. A cached template prefix
+joins every row's keys and values inside the same function.
+
+Kernels, in order of preference: torch's ``varlen_attn`` (CUDA, fp16/bf16), flash-attn's
+``flash_attn_varlen_func`` (CUDA, when installed), and on CPU one ``scaled_dot_product_attention``
+per group of equally long rows. Models with attention soft-capping, or a sliding window shorter
+than a row, keep the padded path.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+from .prefix_cache import KeyValues
+
+IMPLEMENTATION = "echo_packed"
+
+
+@dataclass
+class Packing:
+    """Row boundaries of a packed batch and the prefix every row continues (per layer)."""
+
+    lengths: list[int]
+    cu_seqlens: torch.Tensor  # int32 [rows + 1] on the device
+    prefix: KeyValues | None = None
+
+
+def varlen_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The fastest packed-attention kernel for this device and dtype, or None (padded path)."""
+    if device.type == "cpu":
+        return "grouped-sdpa"
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+
+        return "torch-varlen"
+    except ImportError:
+        pass
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401
+
+        return "flash-attn"
+    except ImportError:
+        return None
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """Decoders that route attention through transformers' interface without soft-capping."""
+    config = getattr(model, "config", None)
+    if config is None or not getattr(type(model), "_supports_attention_backend", False):
+        return False
+    return not getattr(config, "attn_logit_softcapping", None)
+
+
+def fits_window(model: nn.Module, longest: int) -> bool:
+    """A sliding window shorter than the longest row would change the result: stay padded."""
+    window = getattr(model.config, "sliding_window", None)
+    return not window or longest <= window
+
+
+_state = threading.local()
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """One lock per model: a packed forward switches the model's attention implementation, so
+    no other forward of that model may run meanwhile."""
+    with _locks_guard:
+        if model not in _locks:
+            _locks[model] = threading.RLock()
+        return _locks[model]
+
+
+@contextmanager
+def packed(model: nn.Module, packing: Packing, kernel: str) -> Iterator[None]:
+    """Run the model's attention through the packed function for the duration of one forward."""
+    config = model.config
+    with model_lock(model):
+        previous = config._attn_implementation
+        _state.packing, _state.kernel = packing, kernel
+        config._attn_implementation = IMPLEMENTATION
+        try:
+            yield
+        finally:
+            config._attn_implementation = previous
+            _state.packing = _state.kernel = None
+
+
+def _packed_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **_: object,
+) -> tuple[torch.Tensor, None]:
+    """``[1, heads, T, dim]`` in, ``[1, T, heads, dim]`` out, attending within each packed row."""
+    packing: Packing | None = getattr(_state, "packing", None)
+    if packing is None:
+        raise RuntimeError(f"{IMPLEMENTATION} attention was called outside a packed forward")
+    prefix = packing.prefix[module.layer_idx] if packing.prefix is not None else None  # type: ignore[index]
+    q, k, v = query[0], key[0], value[0]  # [heads, T, dim]
+    out = _KERNELS[_state.kernel](q, k, v, packing, prefix, scaling)
+    return out.unsqueeze(0), None
+
+
+def _grouped_sdpa(q, k, v, packing: Packing, prefix, scaling) -> torch.Tensor:
+    """Rows of equal length attend in one batched call (sorted batches have few distinct lengths)."""
+    out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)
+    by_length: dict[int, list[int]] = {}
+    for row, length in enumerate(packing.lengths):
+        by_length.setdefault(length, []).append(row)
+    starts = packing.cu_seqlens.tolist()
+    gqa = q.shape[0] != k.shape[0]
+    for length, rows in by_length.items():
+        index = torch.cat([torch.arange(starts[r], starts[r] + length, device=q.device) for r in rows])
+        shape = (q.shape[0], len(rows), length, q.shape[2])
+        qs = q[:, index].view(shape).transpose(0, 1)
+        ks = k[:, index].view(k.shape[0], len(rows), length, -1).transpose(0, 1)
+        vs = v[:, index].view(v.shape[0], len(rows), length, -1).transpose(0, 1)
+        mask = None
+        if prefix is not None:
+            pk, pv = prefix
+            ks = torch.cat([pk.expand(len(rows), -1, -1, -1), ks], dim=2)
+            vs = torch.cat([pv.expand(len(rows), -1, -1, -1), vs], dim=2)
+            # Bottom-right causal: every new token sees the whole prefix and the row up to itself.
+            mask = torch.ones(length, ks.shape[2], dtype=torch.bool, device=q.device).tril(ks.shape[2] - length)
+        o = nn.functional.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=gqa
+        )
+        out[index] = o.transpose(1, 2).reshape(len(rows) * length, q.shape[0], q.shape[2])
+    return out
+
+
+def _with_prefix(k, v, packing: Packing, prefix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Keys and values ``[T + rows * P, heads, dim]`` with the prefix in front of every row."""
+    k, v = k.transpose(0, 1), v.transpose(0, 1)  # [T, heads, dim]
+    lengths = torch.tensor(packing.lengths, device=k.device)
+    if prefix is None:
+        return k, v, packing.cu_seqlens, int(lengths.max())
+    pk, pv = (t[0].transpose(0, 1) for t in prefix)  # [P, heads, dim]
+    p = pk.shape[0]
+    rows = len(packing.lengths)
+    # Position of every token in the joined layout: row r's tokens come after r + 1 prefixes.
+    row_of_token = torch.repeat_interleave(torch.arange(rows, device=k.device), lengths)
+    new_slots = torch.arange(k.shape[0], device=k.device) + (row_of_token + 1) * p
+    prefix_slots = (packing.cu_seqlens[:-1].long() + torch.arange(rows, device=k.device) * p)[:, None] + torch.arange(p, device=k.device)
+    total = k.shape[0] + rows * p
+    keys = k.new_empty(total, k.shape[1], k.shape[2])
+    values = v.new_empty(total, v.shape[1], v.shape[2])
+    keys[new_slots], values[new_slots] = k, v
+    keys[prefix_slots.reshape(-1)] = pk.repeat(rows, 1, 1)
+    values[prefix_slots.reshape(-1)] = pv.repeat(rows, 1, 1)
+    cu_k = torch.nn.functional.pad(torch.cumsum(lengths + p, 0), (1, 0)).to(torch.int32)
+    return keys, values, cu_k, int(lengths.max()) + p
+
+
+def _torch_varlen(q, k, v, packing: Packing, prefix, scaling) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    keys, values, cu_k, max_k = _with_prefix(k, v, packing, prefix)
+    max_q = max(packing.lengths)
+    # window (-1, 0) is causal aligned to the end of each key row, so the prefix stays visible.
+    return varlen_attn(
+        q.transpose(0, 1), keys, values, packing.cu_seqlens, cu_k, max_q, max_k,
+        scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[0] != k.shape[0],
+    )
+
+
+def _flash_attn(q, k, v, packing: Packing, prefix, scaling) -> torch.Tensor:
+    from flash_attn import flash_attn_varlen_func
+
+    keys, values, cu_k, max_k = _with_prefix(k, v, packing, prefix)
+    return flash_attn_varlen_func(
+        q.transpose(0, 1), keys, values, packing.cu_seqlens, cu_k, max(packing.lengths), max_k,
+        softmax_scale=scaling, causal=True,
+    )
+
+
+_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
+    "grouped-sdpa": _grouped_sdpa,
+    "torch-varlen": _torch_varlen,
+    "flash-attn": _flash_attn,
+}
+AttentionInterface.register(IMPLEMENTATION, _packed_attention)
