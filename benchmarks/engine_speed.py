@@ -36,8 +36,9 @@ from echo_embeddings.loading import resolve
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb_dev.tsv"
 
 
-def read_texts(path: Path, n: int, column: str | None) -> list[str]:
-    """``n`` texts: the named column, else every text column of an STS file, else whole lines."""
+def read_texts(path: Path, n: int, column: str | None) -> tuple[list[str], bool]:
+    """``n`` texts: the named column, else every text column of an STS file, else whole lines;
+    and whether the file had to be repeated to reach ``n``."""
     with path.open(encoding="utf-8", newline="") as f:
         if path.suffix in (".tsv", ".csv"):
             rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE))
@@ -45,13 +46,16 @@ def read_texts(path: Path, n: int, column: str | None) -> list[str]:
             texts = [row[c] for c in columns for row in rows]
         else:
             texts = f.read().splitlines()
-    if len(texts) < n:  # repeat the file to reach the size asked for (stated in the output)
-        texts = (texts * (n // len(texts) + 1))[:n]
-    return texts[:n]
+    repeated = len(texts) < n
+    if repeated:  # repeat the file to reach the size asked for (stated in the output)
+        texts = texts * (n // len(texts) + 1)
+    return texts[:n], repeated
 
 
 class PeakMemory:
-    """Peak extra memory during a block: CUDA allocator peak, or resident set size sampled on CPU."""
+    """Peak memory during a block: on CUDA the allocator's peak above what was allocated before
+    (weights excluded); on CPU the process's resident set, sampled (weights and earlier rows'
+    freed-but-kept memory included, so compare CPU rows loosely)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -68,7 +72,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            self.base = self._rss()
+            self.base = 0
             self.running = True
             self.thread = threading.Thread(target=self._sample, daemon=True)
             self.thread.start()
@@ -154,12 +158,12 @@ def main() -> None:
     parser.add_argument("--column", default=None)
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--rows", default="a,b,c,d,e", help="which rows to run (a..e)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="fixed batch size of rows (a) and (b)")
     parser.add_argument("--check", type=int, default=256, help="texts compared with the unoptimized path")
     parser.add_argument("--early-exit", type=int, default=-9, help="output layer of row (e) (default: hidden state 22 of 30)")
     args = parser.parse_args()
 
-    texts = read_texts(args.data, args.texts, args.column)
+    texts, repeated = read_texts(args.data, args.texts, args.column)
     torch.set_grad_enabled(False)
     folder = resolve(args.model)
     st = echo_embeddings.load(folder, "echo")
@@ -192,6 +196,7 @@ def main() -> None:
     engines: dict[str, Embedder] = {}
     if "c" in wanted:
         engines["(c) echo"] = echo
+        engines["(c) echo, padded batches (packing off)"] = Embedder(model, tokenizer, get_preset("echo"), packing=False)
     if "d" in wanted:
         engines["(d) prompteol"] = Embedder(model, tokenizer, get_preset("prompteol"))
         tp = tp_defaults(model, "prompteol+tp")
@@ -203,7 +208,7 @@ def main() -> None:
         exit_at = resolve_output_layer(model, args.early_exit)[0]
         engines[f"(e) echo, early exit at hidden state {exit_at}/{n_layers}"] = Embedder(model, tokenizer, get_preset("echo"), LayerPlan(args.early_exit))
     for name, engine in engines.items():
-        rows[name] = (lambda t, engine=engine: engine.encode(t, batch_size=args.batch_size), package_cost(engine, texts))
+        rows[name] = (lambda t, engine=engine: engine.encode(t), package_cost(engine, texts))  # the package's own batching
 
     peak = matmul_peak(device, dtype)
     for run, _ in rows.values():  # warm up every path (allocator, kernels, prefix cache)
@@ -218,7 +223,8 @@ def main() -> None:
         results[name] = (seconds, cost, memory.peak)
         print(f"  done {name}: {seconds:.1f} s", flush=True)
 
-    print(f"\n{args.model} on {device} ({str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads), {len(texts)} texts from {args.data.name}, batch size {args.batch_size}")
+    print(f"\n{args.model} on {device} ({str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads), {len(texts)} texts from {args.data.name}{' (file repeated)' if repeated else ''}")
+    print(f"(a), (b): batches of {args.batch_size}; the package: token-count sorted batches within its token budget")
     print(f"matmul peak measured now: {peak / 1e9:.1f} GFLOP/s")
     reference = next((s for n, (s, _, _) in results.items() if n.startswith("(a)")), None)
     header = f"{'row':52s} {'seconds':>8s} {'texts/s':>8s} {'tok/s':>8s} {'peak MiB':>9s} {'vs (a)':>7s} {'MFU':>6s}"
@@ -227,7 +233,7 @@ def main() -> None:
         ratio = f"{seconds / reference:7.2f}" if reference else f"{'':>7s}"
         mfu = cost.flops / seconds / peak
         print(f"{name:52s} {seconds:8.1f} {len(texts) / seconds:8.1f} {cost.tokens / seconds:8.0f} {memory / 2**20:9.0f} {ratio} {mfu:6.2f}")
-    timed = {n[:3]: s for n, (s, _, _) in results.items()}
+    timed = {n[:3]: s for n, (s, _, _) in reversed(results.items())}  # the first row of each letter
     if "(b)" in timed and "(c)" in timed:
         print(f"\n(b)/(c) time: {timed['(b)'] / timed['(c)']:.2f}")
     tp_rows = [s for n, (s, _, _) in results.items() if n.startswith("(d) prompteol")]
@@ -235,8 +241,8 @@ def main() -> None:
         print(f"TP / no-TP time at the same output layer: {tp_rows[1] / tp_rows[2]:.3f}")
 
     sample = texts[: args.check]
-    fast = echo.encode(sample, batch_size=args.batch_size)
-    unoptimized = Embedder(model, tokenizer, get_preset("echo"), prefix_cache=False)
+    fast = echo.encode(sample)
+    unoptimized = Embedder(model, tokenizer, get_preset("echo"), prefix_cache=False, packing=False)
     slow = torch.cat([unoptimized.forward(unoptimized.collate(unoptimized.prepare(sample[i : i + 32]), "mean")) for i in range(0, len(sample), 32)])
     cosine = nn.functional.cosine_similarity(fast, slow.float().cpu())
     print(f"(c) vs the unoptimized path on {len(sample)} texts: min cosine {cosine.min():.6f}, max |diff| {(fast - slow.cpu()).abs().max():.2e}")

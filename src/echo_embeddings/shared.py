@@ -32,7 +32,7 @@ class SharedEncoder:
         task: str | None,
         *,
         instruction: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 256,
         normalize: bool = True,
         show_progress: bool = False,
     ) -> list[list[float]]:

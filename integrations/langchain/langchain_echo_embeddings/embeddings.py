@@ -33,8 +33,9 @@ class EchoEmbeddings(BaseModel, Embeddings):
     a saved model's own strategy, or ``echo``."""
     device: str | None = None
     """``cuda``, ``cpu``, ...; by default CUDA when available."""
-    batch_size: int = 32
-    """Texts per forward pass (the core sorts them by token count first)."""
+    batch_size: int = 256
+    """Most texts per forward pass; the core sorts them by token count and its token budget
+    usually decides."""
     normalize: bool = True
     """Return unit-length vectors, so dot product equals cosine similarity."""
     show_progress: bool = False

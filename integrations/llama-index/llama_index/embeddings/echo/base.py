@@ -30,7 +30,7 @@ class EchoEmbedding(BaseEmbedding):
     strategy: str | None = Field(default=None, description="Preset (echo, mean, prompteol+tp, ...) or template string; None keeps a saved model's own, or echo.")
     device: str | None = Field(default=None, description="cuda, cpu, ...; CUDA when available by default.")
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, description="Texts handed to the core per call; it sorts them by length.")
-    batch_size: int = Field(default=32, gt=0, description="Texts per forward pass inside the core.")
+    batch_size: int = Field(default=256, gt=0, description="Most texts per forward pass inside the core; its token budget usually decides.")
     normalize: bool = Field(default=True, description="Return unit-length vectors.")
     query_instruction: str | None = Field(default=None, description="Instruction for the query template; None keeps the model's own.")
     text_instruction: str | None = Field(default=None, description="Instruction for the document template, if it has one; None keeps the model's own.")
