@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--column", default=None)
     parser.add_argument("--texts", type=int, default=2000)
-    parser.add_argument("--rows", default="a,b,c,d,e", help="which rows to run (a..e)")
+    parser.add_argument("--rows", default="a,b,c,c-padded,d,e", help="which rows to run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="fixed batch size of rows (a) and (b)")
     parser.add_argument("--check", type=int, default=256, help="texts compared with the unoptimized path")
     parser.add_argument("--early-exit", type=int, default=-9, help="output layer of row (e) (default: hidden state 22 of 30)")
@@ -178,11 +178,11 @@ def main() -> None:
     if "a" in wanted:
         from sentence_transformers import SentenceTransformer, models
 
-        transformer = models.Transformer(folder, model_args={"dtype": dtype})
+        transformer = models.Transformer(folder, model_kwargs={"dtype": dtype})
         # sentence-transformers 6 wraps text in a chat-capable tokenizer's chat template (a system
         # prompt of 20+ tokens for SmolLM2); row (a) is meant to be the bare text, so drop that modality.
         config = {k: v for k, v in transformer.modality_config.items() if k != "message"}
-        transformer = models.Transformer(folder, model_args={"dtype": dtype}, modality_config=config, module_output_name=transformer.module_output_name)
+        transformer = models.Transformer(folder, model_kwargs={"dtype": dtype}, modality_config=config, module_output_name=transformer.module_output_name)
         if transformer.tokenizer.pad_token is None:
             transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
         stock = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_word_embedding_dimension(), "mean")], device=str(device))
@@ -196,6 +196,7 @@ def main() -> None:
     engines: dict[str, Embedder] = {}
     if "c" in wanted:
         engines["(c) echo"] = echo
+    if "c-padded" in wanted:
         engines["(c) echo, padded batches (packing off)"] = Embedder(model, tokenizer, get_preset("echo"), packing=False)
     if "d" in wanted:
         engines["(d) prompteol"] = Embedder(model, tokenizer, get_preset("prompteol"))

@@ -182,3 +182,13 @@ def test_cli_embed_streams_a_text_file(tmp_path, monkeypatch: pytest.MonkeyPatch
     expected = echo_embeddings.load(str(folder), "echo", device="cpu")[0].embedder.encode(["A dog runs.", "", "Cats sleep all day."])
     assert_same(torch.from_numpy(np.array(vectors)), expected)
     assert cli.main(["embed", str(corpus), "--column", "nope", "--out", str(out), "--model", str(folder)]) == 2
+
+
+def test_packing_stays_off_where_it_would_change_results(make_model) -> None:
+    gemma2 = make_model("echo", arch="gemma2")[0].embedder
+    assert gemma2._kernel() is None  # soft-capped attention keeps padded batches
+    with pytest.raises(ValueError, match="does not support packed"):
+        variant(gemma2, packing=True)
+    gemma3 = make_model("raw-mean", arch="gemma3")[0].embedder  # a sliding window of 16 tokens
+    assert not gemma3.tokenize(["a sentence long enough to pass the sliding window " * 2]).packed
+    assert gemma3.tokenize(["hi", "a dog"]).packed

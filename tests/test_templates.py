@@ -108,7 +108,7 @@ def test_empty_text_pools_the_token_before_the_span(tokenizer) -> None:
 
 def test_placeholder_is_one_existing_token(tokenizer) -> None:
     pieces = PieceTokenizer(tokenizer)
-    layout = pieces.layout(Template.parse('This sentence : {tp}"{x}" means in one word:"', "last"))
+    layout = pieces.layout(Template.parse('This sentence : "{tp}{x}" means in one word:"', "last"))
     ids, _, placeholder = layout.build(pieces.encode("hi"))
     assert placeholder is not None and ids[placeholder] == pieces.placeholder_id < len(tokenizer)
     assert PieceTokenizer(tokenizer, placeholder_token="A").placeholder_id == tokenizer.convert_tokens_to_ids("A")

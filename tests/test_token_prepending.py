@@ -179,8 +179,8 @@ def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
 
     small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
     smollm2_shaped = AutoModel.from_config(LlamaConfig(vocab_size=49152, num_hidden_layers=30, **small))
-    assert tp_defaults(smollm2_shaped, "prompteol+tp") == tp_defaults(smollm2_shaped, "pcot+tp") == (1, 8, -3)
-    assert tp_defaults(smollm2_shaped, "ke+tp") == (1, 8, -1)
+    for strategy in ("prompteol+tp", "pcot+tp", "ke+tp"):
+        assert tp_defaults(smollm2_shaped, strategy) == (1, 8, -3)
     assert tp_defaults(smollm2_shaped, "metaeol+tp") == (1, 1, -1)
     gemma_shaped = AutoModel.from_config(Gemma3TextConfig(vocab_size=262144, num_hidden_layers=18, head_dim=8, **small)).eval()
     with pytest.warns(UserWarning, match="Token prepending is off by default for this model"):

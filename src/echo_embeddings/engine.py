@@ -139,7 +139,8 @@ class Embedder:
     prefix_cache: bool = True
     """Compute the template's constant prefix once and reuse its keys and values (same vectors)."""
     packing: bool | None = None
-    """Pack batches without padding; None: wherever the model and a kernel support it."""
+    """Pack batches without padding: None wherever the model and a kernel allow, True always (or
+    an error), False never."""
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
@@ -262,7 +263,10 @@ class Embedder:
         if self.packing is False or not self._packable:
             return None
         param = next(self.model.parameters())
-        return varlen_kernel(param.device, param.dtype)
+        kernel = varlen_kernel(param.device, param.dtype)
+        if kernel is None and self.packing:
+            raise ValueError(f"packing=True, but there is no packed-attention kernel for {param.device.type} {param.dtype} (CUDA needs bf16 or fp16)")
+        return kernel
 
     @torch.inference_mode()
     def encode(

@@ -61,9 +61,9 @@ TP_DEFAULTS: dict[tuple[str, int, int | None], dict[str, TPDefaults]] = {
     ("llama", 32, 128256): {"*": TPDefaults(1, 4, -2)},  # Llama-3-8B: layers 1..3
     ("qwen2", 28, None): {"*": TPDefaults(1, 7, -2)},  # Qwen2-7B: layers 1..6
     ("gemma2", 42, None): {"*": TPDefaults(1, 7, -2)},  # Gemma-2-9B: layers 1..6
-    # SmolLM2-135M: layers 1..7; PromptEOL and PCoT pool hidden state 28 of 30, KE the final one.
-    # MetaEOL gained on one set and lost on the other, so its TP is off.
-    ("llama", 30, 49152): {"*": TPDefaults(1, 8, -3), "ke+tp": TPDefaults(1, 8, -1), "metaeol+tp": TPDefaults(1, 1, -1)},
+    # SmolLM2-135M: layers 1..7, pooling hidden state 28 of 30. MetaEOL gained on one set and
+    # lost on the other, so its TP is off.
+    ("llama", 30, 49152): {"*": TPDefaults(1, 8, -3), "metaeol+tp": TPDefaults(1, 1, -1)},
     # Gemma 3 270M: every range tried helped STS-B but hurt SICK, so TP is off by default.
     ("gemma3_text", 18, 262144): {"*": TPDefaults(1, 1, -1)},
 }

@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,6 +35,23 @@ class Packing:
     lengths: list[int]
     cu_seqlens: torch.Tensor  # int32 [rows + 1] on the device
     prefix: KeyValues | None = None
+    _groups: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] | None = field(default=None, repr=False)
+
+    def groups(self, device: torch.device) -> list[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
+        """Per distinct row length: (length, rows, token positions, prefix mask), built once per forward."""
+        if self._groups is None:
+            starts = self.cu_seqlens.tolist()
+            by_length: dict[int, list[int]] = {}
+            for row, length in enumerate(self.lengths):
+                by_length.setdefault(length, []).append(row)
+            p = self.prefix[0][0].shape[2] if self.prefix else 0
+            self._groups = []
+            for length, rows in by_length.items():
+                index = torch.cat([torch.arange(starts[r], starts[r] + length, device=device) for r in rows])
+                # Bottom-right causal: every new token sees the whole prefix and its row up to itself.
+                mask = torch.ones(length, p + length, dtype=torch.bool, device=device).tril(p) if p else None
+                self._groups.append((length, len(rows), index, mask))
+        return self._groups
 
 
 def varlen_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -123,28 +140,16 @@ def _packed_attention(
 def _grouped_sdpa(q, k, v, packing: Packing, prefix, scaling) -> torch.Tensor:
     """Rows of equal length attend in one batched call (sorted batches have few distinct lengths)."""
     out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)
-    by_length: dict[int, list[int]] = {}
-    for row, length in enumerate(packing.lengths):
-        by_length.setdefault(length, []).append(row)
-    starts = packing.cu_seqlens.tolist()
     gqa = q.shape[0] != k.shape[0]
-    for length, rows in by_length.items():
-        index = torch.cat([torch.arange(starts[r], starts[r] + length, device=q.device) for r in rows])
-        shape = (q.shape[0], len(rows), length, q.shape[2])
-        qs = q[:, index].view(shape).transpose(0, 1)
-        ks = k[:, index].view(k.shape[0], len(rows), length, -1).transpose(0, 1)
-        vs = v[:, index].view(v.shape[0], len(rows), length, -1).transpose(0, 1)
-        mask = None
+    for length, rows, index, mask in packing.groups(q.device):
+        qs = q[:, index].view(q.shape[0], rows, length, -1).transpose(0, 1)
+        ks = k[:, index].view(k.shape[0], rows, length, -1).transpose(0, 1)
+        vs = v[:, index].view(v.shape[0], rows, length, -1).transpose(0, 1)
         if prefix is not None:
-            pk, pv = prefix
-            ks = torch.cat([pk.expand(len(rows), -1, -1, -1), ks], dim=2)
-            vs = torch.cat([pv.expand(len(rows), -1, -1, -1), vs], dim=2)
-            # Bottom-right causal: every new token sees the whole prefix and the row up to itself.
-            mask = torch.ones(length, ks.shape[2], dtype=torch.bool, device=q.device).tril(ks.shape[2] - length)
-        o = nn.functional.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=gqa
-        )
-        out[index] = o.transpose(1, 2).reshape(len(rows) * length, q.shape[0], q.shape[2])
+            ks = torch.cat([prefix[0].expand(rows, -1, -1, -1), ks], dim=2)
+            vs = torch.cat([prefix[1].expand(rows, -1, -1, -1), vs], dim=2)
+        o = nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=gqa)
+        out[index] = o.transpose(1, 2).reshape(rows * length, q.shape[0], q.shape[2])
     return out
 
 

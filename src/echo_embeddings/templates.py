@@ -175,23 +175,23 @@ def _preset(
 _ECHO = "Rewrite the following sentence: {x}\nThe rewritten sentence: {x*}"
 _ECHO_QUERY = "Instruct: {instruction}\nQuery: {x}\nQuery again: {x*}"
 _ECHO_DOCUMENT = "Document: {x}\nDocument again: {x*}"
-_EOL = 'This sentence : {tp}"{x}" means in one word:"'
-_PCOT = 'After thinking step by step , this sentence : {tp}"{x}" means in one word:"'
+_EOL = 'This sentence : "{tp}{x}" means in one word:"'
+_PCOT = 'After thinking step by step , this sentence : "{tp}{x}" means in one word:"'
 _KE = (
     "The essence of a sentence is often captured by its main subjects and actions, while descriptive terms "
-    'provide additional but less central details. With this in mind , this sentence : {tp}"{x}" means in one word:"'
+    'provide additional but less central details. With this in mind , this sentence : "{tp}{x}" means in one word:"'
 )
 # MetaEOL (Lei et al. 2024): four meta-tasks, two prompts each, vectors averaged. The wording
 # follows the paper's description of its prompts; it is not copied from its released files.
 _META = [
-    'In this task, you\'re presented with a text excerpt. Your task is to categorize the excerpt into a broad category such as "Education", "Technology", "Health", "Business", "Environment", "Politics", or "Culture". For this task, this sentence : {tp}"{x}" should be classified under one general category in one word:"',
-    'In this task, you\'re given a statement and you need to determine whether it presents an "Opinion" or a "Fact". For this task, this sentence : {tp}"{x}" discriminates between opinion and fact in one word:"',
-    'In this task, you\'re given a review from an online platform. Your task is to rate it from 1 (extremely negative) to 5 (extremely positive). For this task, this sentence : {tp}"{x}" reflects the sentiment in one word:"',
-    'In this task, you\'re reading a personal diary entry. Your task is to identify the predominant emotion expressed, such as "joy", "sadness", "anger", "fear", or "love". For this task, this sentence : {tp}"{x}" conveys the emotion in one word:"',
-    'In this task, you\'re presented with two sentences. Your task is to assess whether they convey the same meaning, using "identical", "similar", "different", or "unrelated". For this task, this sentence : {tp}"{x}" means in one word:"',
-    'In this task, you\'re given a sentence and a phrase. Your task is to determine whether the phrase can be a contextual synonym within the sentence. For this task, this sentence : {tp}"{x}" means in one word:"',
-    'In this task, you\'re presented with a scientific abstract. Your task is to extract the key term that best represents its main finding. For this task, this sentence : {tp}"{x}" is summarized by the key term in one word:"',
-    'In this task, you\'re given a news article. Your task is to identify the main entity it is about, such as a person, place or organization. For this task, this sentence : {tp}"{x}" is about the entity in one word:"',
+    'In this task, you\'re presented with a text excerpt. Your task is to categorize the excerpt into a broad category such as "Education", "Technology", "Health", "Business", "Environment", "Politics", or "Culture". For this task, this sentence : "{tp}{x}" should be classified under one general category in one word:"',
+    'In this task, you\'re given a statement and you need to determine whether it presents an "Opinion" or a "Fact". For this task, this sentence : "{tp}{x}" discriminates between opinion and fact in one word:"',
+    'In this task, you\'re given a review from an online platform. Your task is to rate it from 1 (extremely negative) to 5 (extremely positive). For this task, this sentence : "{tp}{x}" reflects the sentiment in one word:"',
+    'In this task, you\'re reading a personal diary entry. Your task is to identify the predominant emotion expressed, such as "joy", "sadness", "anger", "fear", or "love". For this task, this sentence : "{tp}{x}" conveys the emotion in one word:"',
+    'In this task, you\'re presented with two sentences. Your task is to assess whether they convey the same meaning, using "identical", "similar", "different", or "unrelated". For this task, this sentence : "{tp}{x}" means in one word:"',
+    'In this task, you\'re given a sentence and a phrase. Your task is to determine whether the phrase can be a contextual synonym within the sentence. For this task, this sentence : "{tp}{x}" means in one word:"',
+    'In this task, you\'re presented with a scientific abstract. Your task is to extract the key term that best represents its main finding. For this task, this sentence : "{tp}{x}" is summarized by the key term in one word:"',
+    'In this task, you\'re given a news article. Your task is to identify the main entity it is about, such as a person, place or organization. For this task, this sentence : "{tp}{x}" is about the entity in one word:"',
 ]
 # The released fine-tuned checkpoints pool the second copy plus a closing EOS.
 _CKPT_QUERY = "Instruct: {instruction},\nQuery: {x}\nQuery again: {x*}{eos*}"
