@@ -176,16 +176,17 @@ def main() -> None:
 
     rows: dict[str, tuple[Callable[[list[str]], object], Cost]] = {}
     if "a" in wanted:
-        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-        transformer = models.Transformer(folder, model_kwargs={"dtype": dtype})
+        transformer = Transformer(folder, model_kwargs={"dtype": dtype})
         # sentence-transformers 6 wraps text in a chat-capable tokenizer's chat template (a system
         # prompt of 20+ tokens for SmolLM2); row (a) is meant to be the bare text, so drop that modality.
         config = {k: v for k, v in transformer.modality_config.items() if k != "message"}
-        transformer = models.Transformer(folder, model_kwargs={"dtype": dtype}, modality_config=config, module_output_name=transformer.module_output_name)
+        transformer = Transformer(folder, model_kwargs={"dtype": dtype}, modality_config=config, module_output_name=transformer.module_output_name)
         if transformer.tokenizer.pad_token is None:
             transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
-        stock = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_word_embedding_dimension(), "mean")], device=str(device))
+        stock = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")], device=str(device))
         cost = Cost()
         for ids in stock.tokenizer(texts, add_special_tokens=True)["input_ids"]:
             cost.add(len(ids), 0, n_layers, per_token, width)

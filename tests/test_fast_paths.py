@@ -106,6 +106,8 @@ def test_packed_batch_has_no_padding(make_model) -> None:
     assert batch.packed and batch.input_ids.shape[0] == 1
     assert batch.input_ids.shape[1] == sum(len(item[0].ids) - len(batch.prefix) for item in rows)
     assert batch.position_ids[0, 0].item() == len(batch.prefix)
+    # Pooling ships each pooled token's (row, position), not a dense rows x tokens mask.
+    assert batch.pool_index.shape == (2, sum(len(item[0].pooled) for item in rows))
 
 
 def reference_varlen(q, k, v, packing, prefix, scaling):

@@ -122,7 +122,7 @@ def test_intermediate_layers_match_output_hidden_states(make_model, arch: str, o
     batch = replace(embedder, prefix_cache=False).collate([item], "mean")  # the whole prompt, for the reference
     with torch.no_grad():
         states = embedder.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
-        expected = states[output_layer][0][batch.pool_mask[0].bool()].mean(0)
+        expected = states[output_layer][0][item[0].pooled].mean(0)
         actual = embedder.encode(["Dogs run in the park."])[0]
     assert (actual - expected).abs().max().item() <= 1e-5
 

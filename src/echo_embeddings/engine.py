@@ -23,7 +23,7 @@ from .prefix_cache import PrefixCache, supports_prefix_cache
 from .templates import DEFAULT_INSTRUCTION, Layout, PieceTokenizer, Pooling, Preset, Template, get_preset
 
 DEFAULT_MAX_SEQ_LENGTH = 512
-DEFAULT_BATCH_TOKENS = {False: 2048, True: 32768}
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
 """Token budget of a batch (rows x width) on CPU / CUDA: measured best for SmolLM2 on 2 cores;
 GPUs need large batches to fill. A single row longer than the budget still runs alone."""
 
@@ -72,15 +72,16 @@ class Batch:
     """Tensors for one forward plus where to pool.
 
     Padded (``attention_mask`` set, right-padded unless the engine says left): ``[rows, width]``.
-    Packed (``cu_seqlens`` set): every row back to back in ``[1, total]``, ``pool_mask`` is
-    ``[rows, total]``, and indices are positions in the packed sequence.
+    Packed (``cu_seqlens`` set): every row back to back in ``[1, total]``, and positions are
+    positions in the packed sequence. ``pool_index`` is ``[2, pooled tokens]``: the row and
+    position of every pooled token (compact, so a large packed batch ships no dense mask).
     Rows are template-major: with ``groups`` templates (MetaEOL) row ``g * n + i`` is text
     ``i`` in template ``g``, and the pooled vectors of a text's rows are averaged.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor | None
-    pool_mask: torch.Tensor
+    pool_index: torch.Tensor
     last_index: torch.Tensor
     placeholder_index: torch.Tensor | None
     pooling: Pooling
@@ -90,7 +91,7 @@ class Batch:
     position_ids: torch.Tensor | None = None
     cu_seqlens: torch.Tensor | None = None
 
-    _TENSORS = ("input_ids", "attention_mask", "pool_mask", "last_index", "placeholder_index", "position_ids", "cu_seqlens")
+    _TENSORS = ("input_ids", "attention_mask", "pool_index", "last_index", "placeholder_index", "position_ids", "cu_seqlens")
     _KEYS = (*_TENSORS, "pooling", "groups", "prefix")
 
     @property
@@ -218,18 +219,16 @@ class Embedder:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), longest), pad if pad is not None else 0, dtype=torch.long)
         attention = torch.zeros((len(rows), longest), dtype=torch.long)
-        pool_mask = torch.zeros((len(rows), longest), dtype=torch.float32)
         last = torch.empty(len(rows), dtype=torch.long)
         offsets = [longest - len(r.ids) if self.padding_side == "left" else 0 for r in rows]
         for i, (r, off) in enumerate(zip(rows, offsets)):
             input_ids[i, off : off + len(r.ids)] = torch.tensor(r.ids)
             attention[i, off : off + len(r.ids)] = 1
-            pool_mask[i, [off + p for p in r.pooled]] = 1.0
             last[i] = off + r.pooled[-1]
         placeholder = None
         if rows[0].placeholder is not None:
             placeholder = torch.tensor([off + r.placeholder for r, off in zip(rows, offsets)], dtype=torch.long)
-        return Batch(input_ids, attention, pool_mask, last, placeholder, pooling, len(items[0]), prefix)
+        return Batch(input_ids, attention, _pool_index(rows, offsets), last, placeholder, pooling, len(items[0]), prefix)
 
     def tokenize(self, texts: Sequence[str], task: str | None = None, instruction: str | None = None) -> Batch:
         return self.collate(self.prepare(texts, task, instruction), self.pooling(task))
@@ -317,7 +316,7 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if max_batch_tokens is None:
-            max_batch_tokens = DEFAULT_BATCH_TOKENS[self.device.type == "cuda"]
+            max_batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
         prepared = self.prepare(texts, task, instruction)
         pooling = self.pooling(task)
         out = torch.empty((len(prepared), self.hidden_size), dtype=torch.float32)
@@ -353,15 +352,20 @@ def _pack(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[int,
     total = starts[-1]
     input_ids = torch.tensor([[t for r in rows for t in r.ids]], dtype=torch.long)
     position_ids = torch.tensor([[len(prefix) + i for n in lengths for i in range(n)]], dtype=torch.long)
-    pool_mask = torch.zeros((len(rows), total), dtype=torch.float32)
-    for i, (r, start) in enumerate(zip(rows, starts)):
-        pool_mask[i, [start + p for p in r.pooled]] = 1.0
     last = torch.tensor([start + r.pooled[-1] for r, start in zip(rows, starts)], dtype=torch.long)
     placeholder = None
     if rows[0].placeholder is not None:
         placeholder = torch.tensor([start + r.placeholder for r, start in zip(rows, starts)], dtype=torch.long)  # type: ignore[operator]
     cu_seqlens = torch.tensor(starts, dtype=torch.int32)
-    return Batch(input_ids, None, pool_mask, last, placeholder, pooling, groups, prefix, position_ids, cu_seqlens)
+    return Batch(input_ids, None, _pool_index(rows, starts), last, placeholder, pooling, groups, prefix, position_ids, cu_seqlens)
+
+
+def _pool_index(rows: Sequence[Row], offsets: Sequence[int]) -> torch.Tensor:
+    """``[2, pooled tokens]``: each pooled token's row and its position (the row's offset plus
+    its position in the row)."""
+    row = [i for i, r in enumerate(rows) for _ in r.pooled]
+    position = [off + p for r, off in zip(rows, offsets) for p in r.pooled]
+    return torch.tensor([row, position], dtype=torch.long)
 
 
 def _shared_prefix(rows: Sequence[Row]) -> tuple[int, ...]:
@@ -398,16 +402,15 @@ def _length_batches(order: list[int], prepared: list[Prepared], batch_size: int,
 def pool(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean over the pooled span, or its last token, in fp32; averaged over a text's templates."""
     hidden = hidden.float()
-    if batch.packed:
-        if batch.pooling == "last":
-            pooled = hidden[0, batch.last_index]
-        else:
-            pooled = (batch.pool_mask @ hidden[0]) / batch.pool_mask.sum(dim=1, keepdim=True)
-    elif batch.pooling == "last":
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
+    rows = batch.last_index.shape[0]
+    if batch.pooling == "last":
+        pooled = hidden[0, batch.last_index] if batch.packed else hidden[torch.arange(rows, device=hidden.device), batch.last_index]
     else:
-        mask = batch.pool_mask.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+        # The mask is built where the hidden states are; a matmul keeps the sum deterministic.
+        mask = torch.zeros(rows, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+        mask[batch.pool_index[0], batch.pool_index[1]] = 1.0
+        summed = mask @ hidden[0] if batch.packed else (mask.unsqueeze(1) @ hidden).squeeze(1)
+        pooled = summed / mask.sum(dim=1, keepdim=True)
     if batch.groups > 1:
         pooled = pooled.view(batch.groups, -1, pooled.shape[-1]).mean(dim=0)
     return pooled
