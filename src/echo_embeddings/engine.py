@@ -7,10 +7,9 @@ Every surface (sentence-transformers, LangChain, LlamaIndex, the CLI) goes throu
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Iterable, Iterator, Sequence, Sized
-from itertools import islice
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 import torch

@@ -36,6 +36,20 @@ class Packing:
     cu_seqlens: torch.Tensor  # int32 [rows + 1] on the device
     prefix: KeyValues | None = None
     _groups: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] | None = field(default=None, repr=False)
+    _joined: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def joined_layout(self, p: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where the new tokens and the ``p`` prefix tokens of every row go when the prefix is
+        joined in front of each row, and the key boundaries; the same for every layer, so built once."""
+        if self._joined is None:
+            lengths = torch.tensor(self.lengths, device=device)
+            rows = torch.arange(len(self.lengths), device=device)
+            # Row r's tokens come after r + 1 prefixes.
+            new_slots = torch.arange(int(lengths.sum()), device=device) + (torch.repeat_interleave(rows, lengths) + 1) * p
+            prefix_slots = ((self.cu_seqlens[:-1].long() + rows * p)[:, None] + torch.arange(p, device=device)).reshape(-1)
+            cu_k = torch.nn.functional.pad(torch.cumsum(lengths + p, 0), (1, 0)).to(torch.int32)
+            self._joined = (new_slots, prefix_slots, cu_k)
+        return self._joined
 
     def groups(self, device: torch.device) -> list[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
         """Per distinct row length: (length, rows, token positions, prefix mask), built once per forward."""
@@ -156,24 +170,16 @@ def _grouped_sdpa(q, k, v, packing: Packing, prefix, scaling) -> torch.Tensor:
 def _with_prefix(k, v, packing: Packing, prefix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Keys and values ``[T + rows * P, heads, dim]`` with the prefix in front of every row."""
     k, v = k.transpose(0, 1), v.transpose(0, 1)  # [T, heads, dim]
-    lengths = torch.tensor(packing.lengths, device=k.device)
     if prefix is None:
-        return k, v, packing.cu_seqlens, int(lengths.max())
+        return k, v, packing.cu_seqlens, max(packing.lengths)
     pk, pv = (t[0].transpose(0, 1) for t in prefix)  # [P, heads, dim]
-    p = pk.shape[0]
+    new_slots, prefix_slots, cu_k = packing.joined_layout(pk.shape[0], k.device)
     rows = len(packing.lengths)
-    # Position of every token in the joined layout: row r's tokens come after r + 1 prefixes.
-    row_of_token = torch.repeat_interleave(torch.arange(rows, device=k.device), lengths)
-    new_slots = torch.arange(k.shape[0], device=k.device) + (row_of_token + 1) * p
-    prefix_slots = (packing.cu_seqlens[:-1].long() + torch.arange(rows, device=k.device) * p)[:, None] + torch.arange(p, device=k.device)
-    total = k.shape[0] + rows * p
-    keys = k.new_empty(total, k.shape[1], k.shape[2])
-    values = v.new_empty(total, v.shape[1], v.shape[2])
+    keys = k.new_empty(new_slots.shape[0] + prefix_slots.shape[0], k.shape[1], k.shape[2])
+    values = v.new_empty(keys.shape)
     keys[new_slots], values[new_slots] = k, v
-    keys[prefix_slots.reshape(-1)] = pk.repeat(rows, 1, 1)
-    values[prefix_slots.reshape(-1)] = pv.repeat(rows, 1, 1)
-    cu_k = torch.nn.functional.pad(torch.cumsum(lengths + p, 0), (1, 0)).to(torch.int32)
-    return keys, values, cu_k, int(lengths.max()) + p
+    keys[prefix_slots], values[prefix_slots] = pk.repeat(rows, 1, 1), pv.repeat(rows, 1, 1)
+    return keys, values, cu_k, max(packing.lengths) + pk.shape[0]
 
 
 def _torch_varlen(q, k, v, packing: Packing, prefix, scaling) -> torch.Tensor:
