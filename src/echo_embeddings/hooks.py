@@ -155,7 +155,8 @@ def forward_hidden(
     index, n = resolve_output_layer(model, plan.output_layer)
     early = index < n
     if position_ids is None:
-        assert attention_mask is not None
+        if attention_mask is None:
+            raise ValueError("forward_hidden needs an attention_mask, or position_ids for a packed batch")
         cached = past.get_seq_length() if past is not None else 0
         if cached:
             attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], cached), attention_mask], dim=1)
