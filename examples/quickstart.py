@@ -35,23 +35,22 @@ def main() -> None:
     args = parser.parse_args()
 
     model = echo_embeddings.load(args.model, strategy="echo")
-    embedder = model[0].embedder
+    print(model[0])
     scores = {}
     for strategy in ("mean", "echo"):
-        embedder.preset = echo_embeddings.as_preset(strategy)  # same weights, another strategy
+        model[0].strategy = strategy  # same weights, another strategy
         left = model.encode([a for a, _, _ in PAIRS], normalize_embeddings=True, convert_to_tensor=True)
         right = model.encode([b for _, b, _ in PAIRS], normalize_embeddings=True, convert_to_tensor=True)
         scores[strategy] = (left * right).sum(dim=1).tolist()
-    embedder.preset = echo_embeddings.as_preset("echo")
 
     print(f"\nCosine similarity of sentence pairs ({args.model})\n")
     print(f"{'meaning':8} {'mean':>6} {'echo':>6} {'echo-mean':>9}  pair")
     for i, (a, b, label) in enumerate(PAIRS):
         m, e = scores["mean"][i], scores["echo"][i]
         print(f"{label:8} {m:6.3f} {e:6.3f} {e - m:+9.3f}  {a!r} / {b!r}")
-    for label in ("differ", "same"):
+    for label, words in (("differ", "that differ in meaning"), ("same", "with the same meaning")):
         deltas = [scores["echo"][i] - scores["mean"][i] for i, pair in enumerate(PAIRS) if pair[2] == label]
-        print(f"average echo - mean on pairs that {label}: {sum(deltas) / len(deltas):+.3f}")
+        print(f"echo - mean, averaged over the pairs {words}: {sum(deltas) / len(deltas):+.3f}")
 
     query = model.encode_query([QUERY], convert_to_tensor=True)
     documents = model.encode_document(DOCUMENTS, convert_to_tensor=True)

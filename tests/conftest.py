@@ -10,8 +10,8 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from echo_embeddings import EchoEmbedder, EchoSentenceTransformer
-from echo_embeddings import testing
-from echo_embeddings.testing import ARCHITECTURES, tiny_decoder
+import helpers as testing
+from helpers import ARCHITECTURES, tiny_decoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 __all__ = ["ARCHITECTURES", "tiny_decoder"]

@@ -28,21 +28,22 @@ def test_batch_invariance_every_strategy(make_model, strategy: str) -> None:
     together = model.encode(MIXED, batch_size=8, convert_to_tensor=True)
     alone = torch.cat([model.encode([t], convert_to_tensor=True) for t in MIXED])
     assert (together - alone).abs().max().item() <= 1e-4
-    engine = model[0].embedder.encode(MIXED, batch_size=3)
+    engine = model[0].engine.encode(MIXED, batch_size=3)
     assert (engine - alone).abs().max().item() <= 1e-4
 
 
 def test_batch_invariance_every_architecture(make_model, arch: str) -> None:
     model = make_model("echo", arch=arch)
-    together = model[0].embedder.encode(MIXED, batch_size=8)
-    alone = torch.cat([model[0].embedder.encode([t]) for t in MIXED])
+    together = model[0].engine.encode(MIXED, batch_size=8)
+    alone = torch.cat([model[0].engine.encode([t]) for t in MIXED])
     assert torch.isfinite(together).all()
     assert (together - alone).abs().max().item() <= 1e-4
 
 
 def test_order_count_and_duplicates_are_kept(make_model) -> None:
     model = make_model("echo")
-    vectors = model[0].embedder.encode(MIXED, batch_size=2, max_batch_tokens=64)
+    model[0].max_batch_tokens = 64
+    vectors = model[0].engine.encode(MIXED, batch_size=2)
     assert vectors.shape[0] == len(MIXED)
     assert torch.equal(vectors[0], vectors[6])  # the duplicate
     assert not torch.allclose(vectors[0], vectors[1])
@@ -52,7 +53,7 @@ def test_order_count_and_duplicates_are_kept(make_model) -> None:
 
 def test_empty_and_whitespace_inputs_are_finite(make_model) -> None:
     for strategy in ("echo", "prompteol", "raw-mean", "last"):
-        vectors = make_model(strategy)[0].embedder.encode(["", "   ", "\n"])
+        vectors = make_model(strategy)[0].engine.encode(["", "   ", "\n"])
         assert torch.isfinite(vectors).all() and vectors.norm(dim=1).min() > 0
 
 
@@ -60,12 +61,12 @@ def test_empty_and_whitespace_inputs_are_finite(make_model) -> None:
 def test_non_strings_fail_before_any_model_work(make_model, bad: object, monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_model("echo")
     calls = []
-    monkeypatch.setattr(model[0].embedder, "forward", lambda *a: calls.append(a))
+    monkeypatch.setattr(model[0].engine, "forward", lambda *a: calls.append(a))
     texts = ["fine", "also fine", bad, "fine"]
     with pytest.raises(TypeError, match=rf"Input 2 is {type(bad).__name__}"):
         model.encode(texts)
     with pytest.raises(TypeError, match="Input 2"):
-        model[0].embedder.encode(texts)
+        model[0].engine.encode(texts)
     assert calls == []
 
 
@@ -73,13 +74,13 @@ def test_single_string_is_not_split_into_characters(make_model) -> None:
     model = make_model("echo")
     assert model.encode("one sentence").shape == (32,)
     with pytest.raises(TypeError, match="single str"):
-        model[0].embedder.encode("one sentence")
+        model[0].engine.encode("one sentence")
 
 
 def test_literal_braces_and_special_strings(make_model, bpe_tokenizer) -> None:
     model = make_model("echo")
     text = "{x} {instruction} <|endoftext|>"
-    ((prepared,),) = model[0].embedder.prepare([text])
+    ((prepared,),) = model[0].engine.prepare([text])
     pooled = bpe_tokenizer.decode([prepared.ids[i] for i in prepared.pooled])
     assert pooled.strip() == text
     # A special-token string typed by a user is text, not the special token.
@@ -91,7 +92,7 @@ def test_truncation_shortens_before_repeating_and_warns_once(make_model) -> None
     long_text = " ".join(["word"] * 200)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = [item[0] for item in model[0].embedder.prepare([long_text, "short", long_text])]
+        prepared = [item[0] for item in model[0].engine.prepare([long_text, "short", long_text])]
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and messages[0].startswith("2 of 3 inputs")
     ids = prepared[0].ids
@@ -99,7 +100,7 @@ def test_truncation_shortens_before_repeating_and_warns_once(make_model) -> None
     pooled = [ids[i] for i in prepared[0].pooled]
     first_copy_start = next(i for i in range(len(ids)) if ids[i : i + len(pooled)] == pooled)
     assert first_copy_start < prepared[0].pooled[0], "both copies hold the same truncated text"
-    assert math.isfinite(model[0].embedder.encode([long_text]).sum().item())
+    assert math.isfinite(model[0].engine.encode([long_text]).sum().item())
 
 
 def test_template_longer_than_the_budget_is_an_error(make_model) -> None:
@@ -110,20 +111,20 @@ def test_template_longer_than_the_budget_is_an_error(make_model) -> None:
 
 def test_custom_template_string_and_object(make_model, bpe_tokenizer) -> None:
     model = make_model("Summarize: {x*} in short.")
-    ((prepared,),) = model[0].embedder.prepare(["dogs run"])
+    ((prepared,),) = model[0].engine.prepare(["dogs run"])
     assert bpe_tokenizer.decode([prepared.ids[i] for i in prepared.pooled]) == " dogs run"
     last = make_model(Template.parse("Say {x} in a word:", "last"))
-    ((prepared,),) = last[0].embedder.prepare(["dogs run"])
+    ((prepared,),) = last[0].engine.prepare(["dogs run"])
     assert bpe_tokenizer.decode([prepared.ids[prepared.pooled[-1]]]) == ":"
 
 
 def test_token_budget_batches_cap_padded_tokens(make_model) -> None:
-    from echo_embeddings.engine import _length_batches
+    from echo_embeddings.batching import token_budget_batches
 
-    embedder = make_model("echo")[0].embedder
+    embedder = make_model("echo")[0].engine
     prepared = embedder.prepare(MIXED * 4)
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0].ids))
-    batches = _length_batches(order, prepared, batch_size=100, max_tokens=120)
+    batches = token_budget_batches(order, prepared, batch_size=100, max_tokens=120)
     assert sorted(i for b in batches for i in b) == list(range(len(prepared)))
     for batch in batches:
         width = max(len(prepared[i][0].ids) for i in batch)
@@ -131,7 +132,7 @@ def test_token_budget_batches_cap_padded_tokens(make_model) -> None:
 
 
 def test_out_of_memory_halves_the_batch(make_model, monkeypatch: pytest.MonkeyPatch) -> None:
-    embedder = make_model("echo")[0].embedder
+    embedder = make_model("echo")[0].engine
     expected = embedder.encode(MIXED, batch_size=8)
     real_forward = embedder.forward
 

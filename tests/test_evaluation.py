@@ -10,7 +10,7 @@ import pytest
 
 from echo_embeddings import cli
 from echo_embeddings import evaluation as ev
-from echo_embeddings.testing import save_tiny_model
+from helpers import save_tiny_model
 
 
 def test_ranking_metrics_by_hand() -> None:
@@ -101,7 +101,7 @@ def test_cli_end_to_end_with_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, ca
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
 
     # A second run reads every vector from the cache: the model never runs.
-    monkeypatch.setattr("echo_embeddings.engine.Embedder.forward", lambda *a: pytest.fail("recomputed a cached embedding"))
+    monkeypatch.setattr("echo_embeddings.engine.Engine.forward", lambda *a: pytest.fail("recomputed a cached embedding"))
     assert cli.main(argv) == 0
     again = json.loads((tmp_path / "out" / "results.json").read_text())
     assert again["results"] == report["results"]

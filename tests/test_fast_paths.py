@@ -9,7 +9,7 @@ import torch
 import echo_embeddings
 from echo_embeddings import PRESETS, save_npy
 from echo_embeddings import packing as packing_module
-from echo_embeddings.engine import Embedder
+from echo_embeddings.engine import Engine
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -21,16 +21,17 @@ TEXTS = [
 ]
 
 
-def plain(engine: Embedder) -> Embedder:
+def plain(engine: Engine) -> Engine:
     """The same model and strategy with every optimization off."""
-    return Embedder(
-        engine.model, engine.tokenizer, engine.preset, engine.plan, engine.instruction, engine.max_seq_length,
-        prefix_cache=False, packing=False,
+    return variant(engine, prefix_cache=False, packing=False)
+
+
+def variant(engine: Engine, **options: object) -> Engine:
+    settings = dict(
+        instruction=engine.instruction, max_seq_length=engine.max_seq_length, output_layer=engine.output_layer,
+        final_norm=engine.final_norm, tp_layers=engine.tp_layers,
     )
-
-
-def variant(engine: Embedder, **options: object) -> Embedder:
-    return Embedder(engine.model, engine.tokenizer, engine.preset, engine.plan, engine.instruction, engine.max_seq_length, **options)  # type: ignore[arg-type]
+    return Engine(engine.model, engine.tokenizer, engine.preset, **(settings | options))  # type: ignore[arg-type]
 
 
 def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -41,7 +42,7 @@ def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("strategy", sorted(PRESETS))
 def test_each_optimization_equals_plain_path_every_strategy(make_model, strategy: str) -> None:
-    engine = make_model(strategy)[0].embedder
+    engine = make_model(strategy)[0].engine
     assert engine.prefix_cache and engine._kernel() == "grouped-sdpa"
     reference = plain(engine)
     for options in ({}, {"packing": False}, {"prefix_cache": False}):
@@ -51,13 +52,13 @@ def test_each_optimization_equals_plain_path_every_strategy(make_model, strategy
 
 def test_each_optimization_equals_plain_path_every_architecture(make_model, arch: str) -> None:
     for strategy in ("echo", "prompteol+tp"):
-        engine = make_model(strategy, arch=arch)[0].embedder
+        engine = make_model(strategy, arch=arch)[0].engine
         for options in ({}, {"packing": False}, {"prefix_cache": False}):
             assert_same(variant(engine, **options).encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
 
 
 def test_prefix_is_cut_and_computed_once(make_model) -> None:
-    engine = variant(make_model("ke")[0].embedder, packing=False)
+    engine = variant(make_model("ke")[0].engine, packing=False)
     batch = engine.tokenize(TEXTS[:2])
     full = plain(engine).tokenize(TEXTS[:2])
     assert len(batch.prefix) > 20  # the Knowledge-Enhancement preamble
@@ -68,7 +69,7 @@ def test_prefix_is_cut_and_computed_once(make_model) -> None:
 
 
 def test_prefix_cache_follows_weight_updates(make_model) -> None:
-    engine = make_model("echo")[0].embedder
+    engine = make_model("echo")[0].engine
     before = engine.encode(TEXTS)
     with torch.no_grad():
         for p in engine.model.parameters():
@@ -80,15 +81,15 @@ def test_prefix_cache_follows_weight_updates(make_model) -> None:
 
 def test_prefix_cache_with_early_exit_and_left_padding(make_model) -> None:
     for options in ({"output_layer": 1}, {"output_layer": 1, "final_norm": True}, {"output_layer": -1}):
-        engine = make_model("echo", **options)[0].embedder
-        left = Embedder(engine.model, engine.tokenizer, engine.preset, engine.plan, padding_side="left", packing=False)
+        engine = make_model("echo", **options)[0].engine
+        left = variant(engine, padding_side="left", packing=False)
         assert_same(engine.encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
         assert_same(left.encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
 
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_gradients_reach_the_prefix_when_training(make_model, packing: bool) -> None:
-    engine = variant(make_model("echo")[0].embedder, packing=packing)
+    engine = variant(make_model("echo")[0].engine, packing=packing)
     batch = engine.tokenize(TEXTS[:3])
     assert batch.prefix and batch.packed == packing
     vectors = engine.forward(batch)
@@ -100,7 +101,7 @@ def test_gradients_reach_the_prefix_when_training(make_model, packing: bool) -> 
 
 
 def test_packed_batch_has_no_padding(make_model) -> None:
-    engine = make_model("echo")[0].embedder
+    engine = make_model("echo")[0].engine
     batch = engine.tokenize(TEXTS)
     rows = engine.prepare(TEXTS)
     assert batch.packed and batch.input_ids.shape[0] == 1
@@ -128,7 +129,7 @@ def test_varlen_layout_for_cuda_kernels(make_model, monkeypatch: pytest.MonkeyPa
     """The joined key layout and cu_seqlens that the torch/flash varlen kernels get, checked on CPU."""
     monkeypatch.setitem(packing_module._KERNELS, "grouped-sdpa", reference_varlen)
     for strategy in ("echo", "prompteol+tp", "metaeol"):
-        engine = make_model(strategy, arch="qwen2")[0].embedder  # grouped-query attention
+        engine = make_model(strategy, arch="qwen2")[0].engine  # grouped-query attention
         assert_same(engine.encode(TEXTS, batch_size=4), plain(engine).encode(TEXTS, batch_size=4))
 
 
@@ -139,25 +140,26 @@ def counting(texts: list[str], pulled: list[int]):
 
 
 def test_stream_reads_lazily_and_equals_encode(make_model) -> None:
-    engine = make_model("echo")[0].embedder
+    model = make_model("echo")
+    engine = model[0].engine
     texts = [f"Sentence number {i} about {'dogs' if i % 3 else 'a long walk in the park'}." for i in range(100_000)]
     pulled = [0]
-    stream = engine.stream(counting(texts, pulled), chunk_size=1000, batch_size=256)
+    stream = model.stream(counting(texts, pulled), chunk_size=1000, convert_to_tensor=True)
     first, second = next(stream), next(stream)
     assert first.shape == second.shape == (1000, engine.hidden_size)
     assert pulled[0] <= 2000  # nothing read ahead of the chunk being embedded
     assert_same(torch.cat([first, second])[::97], plain(engine).encode(texts[:2000:97]))
     pulled = [0]
-    rows = sum(chunk.shape[0] for chunk in engine.stream(counting(texts[:4321], pulled), chunk_size=1000))
+    rows = sum(chunk.shape[0] for chunk in model.stream(counting(texts[:4321], pulled), chunk_size=1000))
     assert rows == pulled[0] == 4321
 
 
 def test_stream_names_the_global_index_of_a_bad_item(make_model) -> None:
-    engine = make_model("echo")[0].embedder
+    model = make_model("echo")
     with pytest.raises(TypeError, match="Input 7 is int"):
-        list(engine.stream(["a"] * 7 + [3], chunk_size=4))
+        list(model.stream(["a"] * 7 + [3], chunk_size=4))
     with pytest.raises(ValueError, match="chunk_size"):
-        list(engine.stream(["a"], chunk_size=0))
+        list(model.stream(["a"], chunk_size=0))
 
 
 def test_save_npy_writes_a_memmappable_array(make_model, tmp_path) -> None:
@@ -165,14 +167,15 @@ def test_save_npy_writes_a_memmappable_array(make_model, tmp_path) -> None:
     texts = [f"text {i}" for i in range(37)] + ["", "last one"]
     rows, dim = save_npy(model.stream(iter(texts), chunk_size=8), tmp_path / "v.npy")
     stored = np.load(tmp_path / "v.npy", mmap_mode="r")
-    assert isinstance(stored, np.memmap) and stored.shape == (rows, dim) == (len(texts), model[0].embedder.hidden_size)
+    assert isinstance(stored, np.memmap) and stored.shape == (rows, dim) == (len(texts), model[0].engine.hidden_size)
     assert_same(torch.from_numpy(np.array(stored)), model.encode(texts, convert_to_tensor=True))
     assert save_npy(iter([]), tmp_path / "empty.npy") == (0, 0)
     assert np.load(tmp_path / "empty.npy").shape == (0, 0)
 
 
 def test_cli_embed_streams_a_text_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from echo_embeddings import cli, testing
+    import helpers as testing
+    from echo_embeddings import cli
 
     folder = testing.save_tiny_model(tmp_path / "tiny")
     corpus = tmp_path / "corpus.tsv"
@@ -181,16 +184,16 @@ def test_cli_embed_streams_a_text_file(tmp_path, monkeypatch: pytest.MonkeyPatch
     assert cli.main(["embed", str(corpus), "--column", "text", "--out", str(out), "--model", str(folder), "--chunk-size", "2"]) == 0
     vectors = np.load(out, mmap_mode="r")
     assert vectors.shape[0] == 3
-    expected = echo_embeddings.load(str(folder), "echo", device="cpu")[0].embedder.encode(["A dog runs.", "", "Cats sleep all day."])
+    expected = echo_embeddings.load(str(folder), "echo", device="cpu")[0].engine.encode(["A dog runs.", "", "Cats sleep all day."])
     assert_same(torch.from_numpy(np.array(vectors)), expected)
     assert cli.main(["embed", str(corpus), "--column", "nope", "--out", str(out), "--model", str(folder)]) == 2
 
 
 def test_packing_stays_off_where_it_would_change_results(make_model) -> None:
-    gemma2 = make_model("echo", arch="gemma2")[0].embedder
+    gemma2 = make_model("echo", arch="gemma2")[0].engine
     assert gemma2._kernel() is None  # soft-capped attention keeps padded batches
     with pytest.raises(ValueError, match="does not support packed"):
         variant(gemma2, packing=True)
-    gemma3 = make_model("raw-mean", arch="gemma3")[0].embedder  # a sliding window of 16 tokens
+    gemma3 = make_model("raw-mean", arch="gemma3")[0].engine  # a sliding window of 16 tokens
     assert not gemma3.tokenize(["a sentence long enough to pass the sliding window " * 2]).packed
     assert gemma3.tokenize(["hi", "a dog"]).packed

@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict
 
 import echo_embeddings
 from echo_embeddings import evaluation as ev
-from echo_embeddings.testing import save_tiny_model
+from helpers import save_tiny_model
 
 PAIRS = [("A cat sleeps.", "A cat is sleeping.", 5.0), ("Dogs run.", "Dogs are running.", 4.5), ("Stocks fell.", "The cat naps.", 0.0), ("It rains.", "Rain is falling.", 4.0)]
 

@@ -16,13 +16,13 @@ TRIPLES = [line.split("\t") for line in (Path(__file__).parent / "data" / "tripl
 
 
 def _paraphrase_first(model, strategy: str) -> int:
-    embedder = model[0].embedder
-    saved = embedder.preset
-    embedder.preset = echo_embeddings.as_preset(strategy)
+    embedder = model[0].engine
+    saved = embedder.strategy
+    embedder.strategy = strategy
     try:
         anchors, paraphrases, unrelated = (embedder.encode([t[i] for t in TRIPLES], normalize=True) for i in range(3))
     finally:
-        embedder.preset = saved
+        embedder.strategy = saved
     return int(((anchors * paraphrases).sum(1) > (anchors * unrelated).sum(1)).sum())
 
 
@@ -32,14 +32,14 @@ def test_echo_ranks_the_paraphrase_first(smollm2) -> None:
 
 
 def test_real_tokenizer_spans(smollm2) -> None:
-    embedder = smollm2[0].embedder
+    embedder = smollm2[0].engine
     tokenizer = embedder.tokenizer
     for strategy in ("echo", "prompteol", "mean"):
-        embedder.preset = echo_embeddings.as_preset(strategy)
+        embedder.strategy = strategy
         try:
             ((prepared,),) = embedder.prepare(['He said "hi" {x} <|im_end|>.'])
         finally:
-            embedder.preset = echo_embeddings.as_preset("echo")
+            embedder.strategy = "echo"
         pooled = tokenizer.decode([prepared.ids[i] for i in prepared.pooled])
         expected = '"' if strategy == "prompteol" else ' He said "hi" {x} <|im_end|>.'
         assert (pooled[-1:] if strategy == "prompteol" else pooled) == expected
@@ -78,3 +78,20 @@ def test_query_against_documents(smollm2) -> None:
     docs = smollm2.encode_document(documents, convert_to_tensor=True)
     scores = smollm2.similarity(query, docs)[0]
     assert int(torch.argmax(scores)) == 2
+
+
+@pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
+def test_the_embedded_models_run_their_fast_paths_without_warnings(alias: str) -> None:
+    """On the dependencies a new user gets today, nothing is switched off and nothing warns."""
+    import warnings
+
+    model = echo_embeddings.load(alias, "echo", device="cpu")
+    assert model[0].engine.fast_paths == {"prefix_cache": "on", "packing": "grouped-sdpa"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vectors = model.encode(["A man is playing a guitar.", "Dogs run."], convert_to_tensor=True)
+        model.encode_query(["what plays music?"])
+    assert model[0].engine._prefixes.misses >= 1  # the prefix really went through the cache
+    model[0].engine.prefix_cache, model[0].engine.packing = False, False
+    plain = model.encode(["A man is playing a guitar.", "Dogs run."], convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(vectors, plain).min() >= 0.9999

@@ -21,7 +21,7 @@ def test_is_a_sentence_transformer(make_model) -> None:
     assert model.get_embedding_dimension() == 32
     assert model.max_seq_length == 512
     model.max_seq_length = 64
-    assert model[0].embedder.max_seq_length == 64
+    assert model[0].engine.max_seq_length == 64
 
 
 def test_save_and_load_round_trip(make_model, tmp_path) -> None:
@@ -33,7 +33,7 @@ def test_save_and_load_round_trip(make_model, tmp_path) -> None:
     assert config["requires"].startswith("echo-embeddings>=")
     assert config["strategy"] == "prompteol" and config["output_layer"] == -2
     modules = json.loads((folder / "modules.json").read_text())
-    assert modules[0]["type"] == "echo_embeddings.st_module.EchoEmbedder"
+    assert modules[0]["type"] == "echo_embeddings.sentence_transformer.EchoEmbedder"
 
     again = echo_embeddings.load(str(folder), device="cpu")
     assert isinstance(again, EchoSentenceTransformer)
@@ -50,7 +50,7 @@ def test_save_and_load_round_trip(make_model, tmp_path) -> None:
 
 def test_query_and_document_use_their_templates(make_model) -> None:
     model = make_model("echo")
-    embedder = model[0].embedder
+    embedder = model[0].engine
     query = model.encode_query(["what is echo?"], convert_to_tensor=True)
     document = model.encode_document(["what is echo?"], convert_to_tensor=True)
     plain = model.encode(["what is echo?"], convert_to_tensor=True)
@@ -61,13 +61,13 @@ def test_query_and_document_use_their_templates(make_model) -> None:
 
 def test_prompt_fills_the_instruction(make_model) -> None:
     model = make_model("echo")
-    embedder = model[0].embedder
+    embedder = model[0].engine
     custom = model.encode_query(["q"], prompt="Find duplicates", convert_to_tensor=True)
     assert torch.allclose(custom[0], embedder.encode(["q"], "query", instruction="Find duplicates")[0], atol=1e-5)
     # A template without {instruction} gets the prompt prepended, as sentence-transformers does.
     mean = make_model("mean")
     prompted = mean.encode(["q"], prompt="Topic: ", convert_to_tensor=True)
-    assert torch.allclose(prompted[0], mean[0].embedder.encode(["Topic: q"])[0], atol=1e-5)
+    assert torch.allclose(prompted[0], mean[0].engine.encode(["Topic: q"])[0], atol=1e-5)
 
 
 def test_documented_encode_options(make_model) -> None:
@@ -105,7 +105,7 @@ def test_multi_process_pool(make_model) -> None:
 
 
 def test_checkpoint_ids_pick_their_templates() -> None:
-    from echo_embeddings.templates import CHECKPOINT_PRESETS, PRESETS
+    from echo_embeddings.presets import CHECKPOINT_PRESETS, PRESETS
 
     for checkpoint, preset in CHECKPOINT_PRESETS.items():
         (template,) = PRESETS[preset].templates("query")
@@ -125,10 +125,10 @@ def test_checkpoint_id_selects_its_preset(bpe_tokenizer) -> None:
 
 
 def test_prompt_names_select_templates_like_mteb(make_model, tmp_path) -> None:
-    from echo_embeddings.testing import save_tiny_model
+    from helpers import save_tiny_model
 
     model = echo_embeddings.load(str(save_tiny_model(tmp_path / "tiny")), "echo", device="cpu")
-    embedder = model[0].embedder
+    embedder = model[0].engine
     by_name = model.encode(["q?"], prompt_name="query", convert_to_tensor=True)
     assert torch.allclose(by_name[0], embedder.encode(["q?"], "query")[0], atol=1e-5)
     passage = model.encode(sentences=["d"], prompt_name="document", convert_to_tensor=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 import pytest
 import torch
@@ -11,26 +10,27 @@ from torch import nn
 
 import echo_embeddings
 from conftest import ARCHITECTURES
-from echo_embeddings import Embedder, LayerPlan
-from echo_embeddings.hooks import UnsupportedModelError, decoder_layers, forward_hidden, tp_defaults
+from echo_embeddings import Engine, LayerPlan
+from echo_embeddings.forward import UnsupportedModelError, decoder_layers, forward_hidden
+from echo_embeddings.model_defaults import tp_defaults
 
 TEXTS = ["A man is playing a guitar.", "Hi", "Someone plays an instrument on the stage while the crowd sings.", ""]
 
 
-def _embedder(make_model, strategy: str, arch: str = "llama", **options) -> Embedder:
-    return make_model(strategy, arch=arch, **options)[0].embedder
+def _embedder(make_model, strategy: str, arch: str = "llama", **options) -> Engine:
+    return make_model(strategy, arch=arch, **options)[0].engine
 
 
 def test_start_equal_to_stop_is_the_base_preset_exactly(make_model) -> None:
     model = make_model("prompteol")
-    base = model[0].embedder.encode(TEXTS)
-    off = Embedder(model[0].model, model[0].tokenizer, echo_embeddings.get_preset("prompteol+tp"), LayerPlan(-1, False, 2, 2))
+    base = model[0].engine.encode(TEXTS)
+    off = Engine(model[0].model, model[0].tokenizer, "prompteol+tp", tp_layers=(2, 2), output_layer=-1)
     assert torch.equal(off.encode(TEXTS), base)
-    on = Embedder(model[0].model, model[0].tokenizer, echo_embeddings.get_preset("prompteol+tp"), LayerPlan(-1, False, 1, 3))
+    on = Engine(model[0].model, model[0].tokenizer, "prompteol+tp", tp_layers=(1, 3), output_layer=-1)
     assert not torch.allclose(on.encode(TEXTS), base)
 
 
-def _reference(model: nn.Module, embedder: Embedder, text: str, start: int, stop: int, output: int) -> torch.Tensor:
+def _reference(model: nn.Module, embedder: Engine, text: str, start: int, stop: int, output: int) -> torch.Tensor:
     """Layer by layer, one unpadded text, the placeholder overwritten by hand (Llama layout)."""
     ((row,),) = embedder.prepare([text])
     ids = torch.tensor([row.ids])
@@ -53,7 +53,7 @@ def _reference(model: nn.Module, embedder: Embedder, text: str, start: int, stop
 @pytest.mark.parametrize(("start", "stop", "output"), [(1, 3, 4), (0, 2, 3), (1, 4, 2)])
 def test_hooked_forward_matches_the_reference_loop(make_model, padding_side: str, start: int, stop: int, output: int) -> None:
     model = make_model("prompteol+tp", tp_layers=(start, stop), output_layer=output)
-    embedder = model[0].embedder
+    embedder = model[0].engine
     embedder.padding_side = padding_side
     with torch.no_grad():
         batched = embedder.encode(TEXTS, batch_size=4)
@@ -77,12 +77,12 @@ def test_batch_invariance_with_token_prepending(make_model, arch: str, strategy:
 
 def test_two_threads_with_different_settings(make_model) -> None:
     model = make_model("prompteol+tp", tp_layers=(1, 3), output_layer=3)
-    a = model[0].embedder
-    b = Embedder(a.model, a.tokenizer, echo_embeddings.get_preset("pcot+tp"), LayerPlan(2, False, 0, 2))
+    a = model[0].engine
+    b = Engine(a.model, a.tokenizer, "pcot+tp", tp_layers=(0, 2), output_layer=2)
     expected = {id(a): a.encode(TEXTS), id(b): b.encode(TEXTS)}
     errors: list[str] = []
 
-    def work(embedder: Embedder) -> None:
+    def work(embedder: Engine) -> None:
         try:
             for _ in range(15):
                 if not torch.allclose(embedder.encode(TEXTS, batch_size=2), expected[id(embedder)], atol=1e-6):
@@ -106,20 +106,22 @@ def test_early_exit_never_calls_later_layers(make_model) -> None:
     for i, layer in enumerate(layers):
         layer.register_forward_hook(lambda *_, i=i: calls.append(f"layer{i}"))
     model[0].model.norm.register_forward_hook(lambda *_: calls.append("norm"))
-    model[0].embedder.encode(TEXTS)
+    model[0].engine.encode(TEXTS)
     assert set(calls) == {"layer0", "layer1"}
     calls.clear()
-    model[0].embedder.plan = LayerPlan(2, final_norm=True)
-    model[0].embedder.encode(TEXTS[:1])
+    model[0].final_norm = True
+    model[0].engine.encode(TEXTS[:1])
     assert calls == ["layer0", "layer1", "norm"]
 
 
 @pytest.mark.parametrize("output_layer", [-1, -2, -4, 1, 3])
 def test_intermediate_layers_match_output_hidden_states(make_model, arch: str, output_layer: int) -> None:
     model = make_model("echo", arch=arch, output_layer=output_layer)
-    embedder = model[0].embedder
+    embedder = model[0].engine
     (item,) = embedder.prepare(["Dogs run in the park."])
-    batch = replace(embedder, prefix_cache=False).collate([item], "mean")  # the whole prompt, for the reference
+    embedder.prefix_cache = False
+    batch = embedder.collate([item], "mean")  # the whole prompt, for the reference
+    embedder.prefix_cache = True
     with torch.no_grad():
         states = embedder.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
         expected = states[output_layer][0][item[0].pooled].mean(0)
@@ -129,7 +131,7 @@ def test_intermediate_layers_match_output_hidden_states(make_model, arch: str, o
 
 def test_output_layer_out_of_range(make_model) -> None:
     with pytest.raises(ValueError, match="outside this model's hidden states"):
-        make_model("echo", output_layer=9)[0].embedder.encode(["x"])
+        make_model("echo", output_layer=9)[0].engine.encode(["x"])
 
 
 def test_tp_layers_need_a_tp_strategy(make_model) -> None:
@@ -151,7 +153,7 @@ def test_defaults_table_and_fallback(make_model) -> None:
     model = make_model("prompteol+tp")[0]
     fallback = tp_defaults(model.model)
     assert (fallback.tp_start, fallback.tp_stop, fallback.output_layer) == (1, 2, -2)
-    assert model.tp_layers == [1, 2] and model.output_layer == -2
+    assert model.tp_layers == (1, 2) and model.output_layer == -2
 
 
 def test_save_load_keeps_tp_settings(make_model, tmp_path) -> None:
@@ -159,7 +161,7 @@ def test_save_load_keeps_tp_settings(make_model, tmp_path) -> None:
     before = model.encode(TEXTS, convert_to_tensor=True)
     model.save(str(tmp_path / "tp"))
     again = echo_embeddings.load(str(tmp_path / "tp"), device="cpu")
-    assert again[0].tp_layers == [1, 3] and again[0].output_layer == 3 and again[0].strategy == "pcot+tp"
+    assert again[0].tp_layers == (1, 3) and again[0].output_layer == 3 and again[0].strategy == "pcot+tp"
     assert torch.equal(again.encode(TEXTS, convert_to_tensor=True), before)
 
 
@@ -185,6 +187,6 @@ def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
     gemma_shaped = AutoModel.from_config(Gemma3TextConfig(vocab_size=262144, num_hidden_layers=18, head_dim=8, **small)).eval()
     with pytest.warns(UserWarning, match="Token prepending is off by default for this model"):
         module = EchoEmbedder(strategy="prompteol+tp", model=gemma_shaped, tokenizer=bpe_tokenizer)
-    assert module.tp_layers == [1, 1] and not module.embedder.plan.token_prepending
+    assert module.tp_layers == (1, 1) and not module.engine.plan.token_prepending
     base = EchoEmbedder(strategy="prompteol", model=gemma_shaped, tokenizer=bpe_tokenizer)
-    assert torch.equal(module.embedder.encode(TEXTS), base.embedder.encode(TEXTS))
+    assert torch.equal(module.engine.encode(TEXTS), base.engine.encode(TEXTS))

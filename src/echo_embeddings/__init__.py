@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from typing import Any
 
 import torch
 
-from .engine import Embedder, as_preset, check_texts
-from .hooks import LayerPlan
+from .engine import Engine, check_texts
+from .forward import LayerPlan
 from .loading import ALIASES, DEFAULT_MODEL, EmbeddedModel, register_alias
-from .st_module import EchoEmbedder, EchoSentenceTransformer, is_saved_model
+from .presets import PRESETS, Preset, as_preset, get_preset, register_preset
+from .sentence_transformer import EchoEmbedder, EchoSentenceTransformer, is_saved_model
 from .streaming import save_npy
-from .templates import PRESETS, Preset, Template, get_preset, register_preset
+from .template import Template
 
 __all__ = [
     "ALIASES",
@@ -22,7 +23,7 @@ __all__ = [
     "EchoEmbedder",
     "EchoSentenceTransformer",
     "EmbeddedModel",
-    "Embedder",
+    "Engine",
     "LayerPlan",
     "Preset",
     "Template",
@@ -55,8 +56,8 @@ def load(
             raise ValueError("A saved echo model keeps its own settings; change them on model[0] after loading")
         # Only our own and sentence-transformers' classes are imported: is_saved_model checked that.
         return EchoSentenceTransformer(str(model_name_or_path), trust_remote_code=True, device=str(device) if device else None)
-    module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, **options)  # type: ignore[arg-type]
+    module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, **options)
     # Empty prompts named "query"/"document" let harnesses that select prompts by name (MTEB)
     # reach the query and document templates; the text itself gets nothing prepended.
     prompts = {"query": "", "document": ""}
-    return EchoSentenceTransformer(modules=[module], device=str(module.embedder.device), prompts=prompts)
+    return EchoSentenceTransformer(modules=[module], device=str(module.engine.device), prompts=prompts)

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="the .npy file to write: float32 [texts, dim], input order")
     embed.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header instead of whole lines")
     embed.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
-    embed.add_argument("--strategy", default="echo", help="preset or template (default: %(default)s)")
+    embed.add_argument("--strategy", default=None, help="preset or template (default: echo, or a saved model's own)")
     embed.add_argument("--task", choices=["sentence", "query", "document"], default="sentence", help="which template (default: %(default)s)")
     embed.add_argument("--normalize", action="store_true", help="unit-length vectors")
     embed.add_argument("--batch-size", type=int, default=256, help="most texts per batch (default: %(default)s); the token budget usually decides")
@@ -122,12 +122,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             print(f"== {column}", file=sys.stderr)
             model = echo_embeddings.load(model_name, strategy, device=args.device)
             module = model[0]
-            embedder = module.embedder
-            settings = {k: getattr(module, k) for k in module.config_keys} | {"model": model_name, "version": echo_embeddings.__version__}
+            settings = module.get_config_dict() | {"model": model_name, "version": echo_embeddings.__version__}
             cache = ev.EmbeddingCache(out / "cache.sqlite", settings)
 
-            def encode(texts: list[str], task: str | None) -> np.ndarray:
-                return embedder.encode(texts, task, batch_size=args.batch_size, normalize=True, show_progress_bar=True).numpy()
+            def encode(texts: list[str], task: str | None, model: Any = model) -> np.ndarray:
+                return model.encode(texts, task=task, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=True)
 
             cached = cache.wrap(encode)
             results[column] = {}
@@ -139,7 +138,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     scores = ev.evaluate_classification(cached, data, runs=args.runs, max_train=args.max_train)
                 results[column][f"{kind}:{name}"] = scores
-            del model, module, embedder
+            del model, module
     report = {"tasks": [f"{kind}:{name}" for name, kind, _ in tasks], "results": results, "main_metric": MAIN_METRIC}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -208,21 +207,34 @@ def read_texts(path: str, column: str | None = None) -> Iterator[str]:
             handle.close()
 
 
-def embed(args: argparse.Namespace) -> None:
+def load_model(name: str | None, strategy: str | None, device: str | None) -> Any:
+    """The model a command runs: a saved echo model keeps its own strategy (and its module list)."""
     import echo_embeddings
+
+    name = name or echo_embeddings.DEFAULT_MODEL
+    if echo_embeddings.is_saved_model(name):
+        if strategy is not None:
+            raise ev.DataError(f"{name} is a saved echo model with its own strategy; leave out --strategy")
+        return echo_embeddings.load(name, device=device)
+    return echo_embeddings.load(name, strategy or "echo", device=device)
+
+
+def embed(args: argparse.Namespace) -> None:
     from echo_embeddings.streaming import save_npy
 
     if not args.input == "-" and not Path(args.input).is_file():
         raise ev.DataError(f"no such file: {args.input}")
-    model = echo_embeddings.load(args.model or echo_embeddings.DEFAULT_MODEL, args.strategy, device=args.device)
-    chunks = model[0].embedder.stream(
+    model = load_model(args.model, args.strategy, args.device)
+    if args.max_batch_tokens is not None:
+        model[0].max_batch_tokens = args.max_batch_tokens
+    task = {"task": args.task} if args.task != "sentence" else {}
+    chunks = model.stream(
         read_texts(args.input, args.column),
-        None if args.task == "sentence" else args.task,
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        normalize=args.normalize,
+        normalize_embeddings=args.normalize,
         show_progress_bar=True,
+        **task,
     )
     rows, dim = save_npy(chunks, args.out)
     print(f"wrote {rows} x {dim} float32 to {args.out}")

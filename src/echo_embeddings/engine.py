@@ -1,14 +1,17 @@
-"""The encoder engine: tokenize each text once, lay it into its template, batch by length, forward, pool.
+"""The engine: a decoder, a strategy and its settings; tokenize each text once, lay it into its
+templates, batch by the token budget, forward, pool.
 
-Every surface (sentence-transformers, LangChain, LlamaIndex, the CLI) goes through
-:class:`Embedder`; none of them knows about templates, spans or layers.
+Every surface (the sentence-transformers model, LangChain, LlamaIndex, the CLI) reaches the
+decoder through :class:`Engine`: they share its layout, its batching rule
+(:meth:`Engine.embed_prepared`) and its forward. Every setting is an attribute that takes
+effect when it is set and is validated then; ``None`` for ``output_layer`` or ``tp_layers``
+means the per-model default for the strategy, and reading them gives what actually runs.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence, Sized
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from itertools import islice
 from typing import Any
 
@@ -16,12 +19,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .hooks import LayerPlan, forward_hidden, resolve_output_layer
-from .packing import Packing, fits_window, model_lock, packed, supports_packing, varlen_kernel
-from .prefix_cache import PrefixCache, supports_prefix_cache
-from .templates import DEFAULT_INSTRUCTION, Layout, PieceTokenizer, Pooling, Preset, Template, get_preset
+from .batching import Batch, Prepared, Row, cut_prefix, longest_first, pack_rows, pad_rows, shared_prefix, token_budget_batches
+from .forward import LayerPlan, decoder_layers, forward_hidden, resolve_output_layer
+from .layout import Layout, PieceTokenizer
+from .model_defaults import tp_defaults
+from .packing import Packing, fits_window, supports_packing, uses_packed_attention, varlen_kernel
+from .pooling import pool
+from .prefix_cache import PrefixCache, prefix_cache_support
+from .presets import DEFAULT_INSTRUCTION, PRESETS, Preset, as_preset
+from .template import Pooling, Template
 
 DEFAULT_MAX_SEQ_LENGTH = 512
+DEFAULT_BATCH_SIZE = 256
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
 """Token budget of a batch (rows x width) on CPU / CUDA: measured best for SmolLM2 on 2 cores;
 GPUs need large batches to fill. A single row longer than the budget still runs alone."""
@@ -31,6 +40,8 @@ def check_texts(texts: object, first_index: int = 0) -> list[str]:
     """Fail before any model work if an item is not a string, naming its index and type."""
     if isinstance(texts, str):
         raise TypeError("Expected a list of strings, got a single str; wrap it in a list")
+    if texts is None:
+        raise TypeError("Expected a list of strings, got None")
     texts = list(texts)  # type: ignore[call-overload]
     for i, text in enumerate(texts, first_index):
         if not isinstance(text, str):
@@ -55,106 +66,225 @@ def known_length(texts: Iterable[str]) -> int | None:
     return len(texts) if isinstance(texts, Sized) else None
 
 
-def as_preset(strategy: str | Preset | Template, pooling: Pooling = "mean") -> Preset:
-    """A registered name, a Preset, a Template, or a template string such as ``"Say: {x*}"``."""
-    if isinstance(strategy, Preset):
-        return strategy
-    if isinstance(strategy, str) and "{" in strategy:
-        strategy = Template.parse(strategy, pooling)
-    if isinstance(strategy, Template):
-        return Preset(strategy.spec or "custom", (strategy,), token_prepending=strategy.has_placeholder)
-    return get_preset(strategy)
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
-@dataclass
-class Batch:
-    """Tensors for one forward plus where to pool.
+class Engine:
+    """A decoder plus a strategy: the one pooling core behind every surface.
 
-    Padded (``attention_mask`` set, right-padded unless the engine says left): ``[rows, width]``.
-    Packed (``cu_seqlens`` set): every row back to back in ``[1, total]``, and positions are
-    positions in the packed sequence. ``pool_index`` is ``[2, pooled tokens]``: the row and
-    position of every pooled token (compact, so a large packed batch ships no dense mask).
-    Rows are template-major: with ``groups`` templates (MetaEOL) row ``g * n + i`` is text
-    ``i`` in template ``g``, and the pooled vectors of a text's rows are averaged.
+    Args:
+        model: the bare decoder (``AutoModel``, no LM head). It is never modified: packed batches
+            run only if its owner loaded it with ``attn_implementation="echo_packed"`` (as
+            :func:`echo_embeddings.load` does).
+        tokenizer: its tokenizer.
+        strategy: a preset name (``"echo"``, ``"prompteol+tp"``, ...), a :class:`Preset`, a
+            :class:`Template`, or a template string such as ``"Say: {x*}"``.
+        pooling: ``"mean"`` or ``"last"`` for a template string; a preset brings its own.
+        instruction: fills the ``{instruction}`` field of query templates.
+        max_seq_length: most tokens of a whole prompt; texts are truncated before repetition.
+        output_layer: the hidden state to pool (transformers' ``hidden_states`` index; ``-1`` the
+            final output); ``None`` for the per-model default of the strategy.
+        final_norm: apply the final norm to an intermediate output layer.
+        tp_layers: ``(start, stop)`` layers of the token-prepending overwrite for a ``+tp``
+            strategy; ``None`` for the per-model default. Equal values run the base prompt.
+        placeholder_token: the token that stands for ``{tp}`` (an existing one; default UNK/PAD/EOS).
+        padding_side: ``"right"`` or ``"left"`` for padded batches.
+        prefix_cache: compute the template's constant prefix once and reuse its keys and values.
+        packing: pack batches without padding: ``None`` wherever the model and a kernel allow,
+            ``True`` always (or an error), ``False`` never.
+        max_batch_tokens: the token budget of a batch; ``None`` for the device's default.
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
-    pool_index: torch.Tensor
-    last_index: torch.Tensor
-    placeholder_index: torch.Tensor | None
-    pooling: Pooling
-    groups: int = 1
-    prefix: tuple[int, ...] = ()
-    """Ids every row starts with, left out of ``input_ids``: their keys and values come from the cache."""
-    position_ids: torch.Tensor | None = None
-    cu_seqlens: torch.Tensor | None = None
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        strategy: str | Preset | Template = "echo",
+        *,
+        pooling: Pooling | None = None,
+        instruction: str = DEFAULT_INSTRUCTION,
+        max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+        output_layer: int | None = None,
+        final_norm: bool = False,
+        tp_layers: Sequence[int] | None = None,
+        placeholder_token: str | int | None = None,
+        padding_side: str = "right",
+        prefix_cache: bool = True,
+        packing: bool | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self._prefixes = PrefixCache()
+        self._layouts: dict[tuple[Template, str, bool], Layout] = {}
+        self._tp_layers: tuple[int, int] | None = None
+        self._output_layer: int | None = None
+        self._preset = as_preset(strategy, pooling)
+        self.tp_layers = tp_layers  # type: ignore[assignment]
+        self.output_layer = output_layer  # type: ignore[assignment]
+        self._warn_if_tp_is_off()
+        self.final_norm = bool(final_norm)
+        self.placeholder_token = placeholder_token
+        self.instruction = instruction
+        self.max_seq_length = max_seq_length
+        self.padding_side = padding_side
+        self.prefix_cache = prefix_cache
+        self.packing = packing
+        self.max_batch_tokens = max_batch_tokens
 
-    _TENSORS = ("input_ids", "attention_mask", "pool_index", "last_index", "placeholder_index", "position_ids", "cu_seqlens")
-    _KEYS = (*_TENSORS, "pooling", "groups", "prefix")
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def preset(self) -> Preset:
+        return self._preset
 
     @property
-    def packed(self) -> bool:
-        return self.cu_seqlens is not None
+    def strategy(self) -> str:
+        """The preset name, or the template string of a custom template (what a save writes)."""
+        return self._preset.name
 
-    def to(self, device: torch.device) -> Batch:
-        moved = {k: getattr(self, k).to(device, non_blocking=True) for k in self._TENSORS if getattr(self, k) is not None}
-        return replace(self, **moved)
+    @strategy.setter
+    def strategy(self, value: str | Preset | Template) -> None:
+        preset = as_preset(value)
+        if isinstance(value, Preset) and PRESETS.get(value.name) is not value:
+            raise ValueError(f"Register preset {value.name!r} (register_preset) so that a saved model can find it again")
+        if self._tp_layers is not None and not preset.token_prepending:
+            raise ValueError(f"tp_layers are set, but strategy {preset.name!r} has no token prepending; set tp_layers=None first")
+        self._preset = preset
+        self._warn_if_tp_is_off()
 
-    def as_features(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self._KEYS if getattr(self, key) is not None}
+    @property
+    def pooling(self) -> Pooling:
+        """How the strategy pools: ``"mean"`` or ``"last"``; settable for a template string only."""
+        return self._preset.sentence[0].pooling
 
-    @classmethod
-    def from_features(cls, features: dict[str, Any]) -> Batch:
-        return cls(**{key: features.get(key) for key in cls._KEYS})
+    @pooling.setter
+    def pooling(self, value: Pooling) -> None:
+        if value == self.pooling:
+            return
+        if self._preset.name in PRESETS:
+            raise ValueError(f"Strategy {self._preset.name!r} pools {self.pooling!r}; pooling can only be changed for a template string")
+        self._preset = as_preset(self._preset.name, value)
 
+    @property
+    def output_layer(self) -> int:
+        """The hidden state that is pooled (the per-model default unless set)."""
+        return self._output_layer if self._output_layer is not None else self._defaults()[1]
 
-@dataclass(frozen=True)
-class Row:
-    """One text laid into one template: ids, pooled positions, placeholder position, and how
-    many leading ids are the template's constant prefix."""
+    @output_layer.setter
+    def output_layer(self, value: int | None) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"output_layer must be an int or None, got {value!r}")
+            resolve_output_layer(self.model, value)  # raises for a layer the model does not have
+        self._output_layer = value
 
-    ids: list[int]
-    pooled: list[int]
-    placeholder: int | None = None
-    constant: int = 0
+    @property
+    def tp_layers(self) -> tuple[int, int] | None:
+        """``(start, stop)`` of the token-prepending overwrite, or None for a strategy without TP."""
+        if not self._preset.token_prepending:
+            return None
+        return self._tp_layers if self._tp_layers is not None else self._defaults()[0]
 
+    @tp_layers.setter
+    def tp_layers(self, value: Sequence[int] | None) -> None:
+        if value is None:
+            self._tp_layers = None
+            return
+        if not self._preset.token_prepending:
+            raise ValueError(f"tp_layers are set, but strategy {self._preset.name!r} has no token prepending; use a '+tp' strategy")
+        if isinstance(value, (str, bytes)) or len(value) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise TypeError(f"tp_layers must be two ints (start, stop), got {value!r}")
+        start, stop = int(value[0]), int(value[1])
+        n = len(decoder_layers(self.model))
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"tp_layers ({start}, {stop}) must satisfy 0 <= start <= stop <= {n} (the model's layers)")
+        self._tp_layers = (start, stop)
 
-Prepared = tuple[Row, ...]
-"""One text in each of its task's templates (one row, or eight for MetaEOL)."""
+    @property
+    def placeholder_token(self) -> str | int | None:
+        return self._placeholder_token
 
+    @placeholder_token.setter
+    def placeholder_token(self, value: str | int | None) -> None:
+        self.pieces = PieceTokenizer(self.tokenizer, value)  # validates it
+        self._placeholder_token = value
+        self._layouts.clear()
 
-@dataclass
-class Embedder:
-    """A decoder plus a strategy: the one pooling core behind every surface."""
+    @property
+    def instruction(self) -> str:
+        return self._instruction
 
-    model: nn.Module
-    tokenizer: Any
-    preset: Preset
-    plan: LayerPlan = field(default_factory=LayerPlan)
-    instruction: str = DEFAULT_INSTRUCTION
-    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
-    placeholder_token: str | int | None = None
-    padding_side: str = "right"
-    prefix_cache: bool = True
-    """Compute the template's constant prefix once and reuse its keys and values (same vectors)."""
-    packing: bool | None = None
-    """Pack batches without padding: None wherever the model and a kernel allow, True always (or
-    an error), False never."""
+    @instruction.setter
+    def instruction(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"instruction must be a str, got {type(value).__name__}")
+        self._instruction = value
 
-    def __post_init__(self) -> None:
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        self.pieces = PieceTokenizer(self.tokenizer, self.placeholder_token)
-        self._layouts: dict[tuple[Template, str, bool], Layout] = {}
-        self._prefixes = PrefixCache()
-        self.prefix_cache = self.prefix_cache and supports_prefix_cache(self.model)
-        self._packable = supports_packing(self.model)
-        if self.packing and not self._packable:
-            raise ValueError(f"{type(self.model).__name__} does not support packed batches (soft-capped or custom attention)")
-        if self.plan.token_prepending and not self.preset.token_prepending:
-            raise ValueError(f"tp_layers are set but strategy {self.preset.name!r} has no token prepending; use a '+tp' strategy")
+    @property
+    def max_seq_length(self) -> int:
+        return self._max_seq_length
 
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self._max_seq_length = _positive_int("max_seq_length", value)
+
+    @property
+    def max_batch_tokens(self) -> int | None:
+        """The token budget of a batch; None for the device's default."""
+        return self._max_batch_tokens
+
+    @max_batch_tokens.setter
+    def max_batch_tokens(self, value: int | None) -> None:
+        self._max_batch_tokens = None if value is None else _positive_int("max_batch_tokens", value)
+
+    @property
+    def padding_side(self) -> str:
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, value: str) -> None:
+        if value not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {value!r}")
+        self._padding_side = value
+
+    @property
+    def packing(self) -> bool | None:
+        return self._packing
+
+    @packing.setter
+    def packing(self, value: bool | None) -> None:
+        if value not in (None, True, False):
+            raise TypeError(f"packing must be None, True or False, got {value!r}")
+        self._packing = value
+        if value:
+            why = self._why_no_packing()
+            if why:
+                raise ValueError(f"packing=True, but {why}")
+
+    @property
+    def plan(self) -> LayerPlan:
+        """The layers as they run: output layer, final norm and token-prepending range."""
+        start, stop = self.tp_layers or (0, 0)
+        return LayerPlan(self.output_layer, self.final_norm, start, stop)
+
+    def _defaults(self) -> tuple[tuple[int, int], int]:
+        if not self._preset.token_prepending:
+            return (0, 0), -1
+        found = tp_defaults(self.model, self._preset.name)
+        return (found.tp_start, found.tp_stop), found.output_layer
+
+    def _warn_if_tp_is_off(self) -> None:
+        if self._preset.token_prepending and self._tp_layers is None and self._defaults()[0][0] == self._defaults()[0][1]:
+            warnings.warn(
+                f"Token prepending is off by default for this model: it did not help on the development sets. "
+                f"'{self._preset.name}' runs as its base prompt; pass tp_layers=(start, stop) to force it.",
+                stacklevel=3,
+            )
+
+    # -- what runs --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -163,16 +293,56 @@ class Embedder:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def pooling(self, task: str | None = None) -> Pooling:
-        return self.preset.templates(task)[0].pooling
+    def _why_no_prefix_cache(self) -> str | None:
+        return "turned off (prefix_cache=False)" if not self.prefix_cache else prefix_cache_support(self.model)
 
+    def _why_no_packing(self) -> str | None:
+        if self._packing is False:
+            return "turned off (packing=False)"
+        if not supports_packing(self.model):
+            return f"{type(self.model).__name__} does not support packed batches (soft-capped or custom attention)"
+        if not uses_packed_attention(self.model):
+            return (
+                f"the model's attention implementation is {self.model.config._attn_implementation!r}; load it with "
+                "attn_implementation='echo_packed' (echo_embeddings.load does) to allow packed batches"
+            )
+        param = next(self.model.parameters())
+        if varlen_kernel(param.device, param.dtype) is None:
+            return f"there is no packed-attention kernel for {param.device.type} {param.dtype} (CUDA needs bf16 or fp16)"
+        return None
+
+    @property
+    def fast_paths(self) -> dict[str, str]:
+        """Which optimizations run: ``{"prefix_cache": "on" | "off: why", "packing": kernel | "off: why"}``."""
+        no_cache, no_packing = self._why_no_prefix_cache(), self._why_no_packing()
+        param = next(self.model.parameters())
+        return {
+            "prefix_cache": f"off: {no_cache}" if no_cache else "on",
+            "packing": f"off: {no_packing}" if no_packing else str(varlen_kernel(param.device, param.dtype)),
+        }
+
+    def _kernel(self) -> str | None:
+        """The packed-attention kernel to use, or None for padded batches."""
+        if self._why_no_packing():
+            return None
+        param = next(self.model.parameters())
+        return varlen_kernel(param.device, param.dtype)
+
+    def __repr__(self) -> str:
+        paths = ", ".join(f"{k}={v!r}" for k, v in self.fast_paths.items())
+        return (
+            f"Engine(model={type(self.model).__name__}, strategy={self.strategy!r}, output_layer={self.output_layer}, "
+            f"tp_layers={self.tp_layers}, {paths})"
+        )
+
+    # -- layout -----------------------------------------------------------------------------
     def layouts(self, task: str | None = None, instruction: str | None = None) -> list[Layout]:
         instruction = self.instruction if instruction is None else instruction
         # Token prepending off (or start == stop): the placeholder is left out, so the
         # sequence is exactly the base prompt's.
         placeholder = self.plan.token_prepending
         out = []
-        for template in self.preset.templates(task):
+        for template in self._preset.templates(task):
             key = (template, instruction, placeholder)
             if key not in self._layouts:
                 self._layouts[key] = self.pieces.layout(template, instruction, placeholder)
@@ -201,70 +371,94 @@ class Embedder:
             for i in range(len(texts))
         ]
 
-    def collate(self, items: Sequence[Prepared], pooling: Pooling) -> Batch:
+    def collate(self, items: Sequence[Prepared], pooling: Pooling | None = None) -> Batch:
         """Rows into tensors: packed where a kernel allows, else padded. With the prefix cache
         on, the shared constant prefix is cut off (its keys and values come from the cache)."""
-        rows = [item[g] for g in range(len(items[0])) for item in items]
-        prefix = _shared_prefix(rows) if self.prefix_cache else ()
+        pooling = pooling or self.pooling
+        groups = len(items[0])
+        rows = [item[g] for g in range(groups) for item in items]
+        prefix = shared_prefix(rows) if not self._why_no_prefix_cache() else ()
         if prefix:
-            cut = len(prefix)
-            rows = [
-                Row(r.ids[cut:], [p - cut for p in r.pooled], None if r.placeholder is None else r.placeholder - cut)
-                for r in rows
-            ]
+            rows = cut_prefix(rows, prefix)
         longest = max(len(r.ids) for r in rows)
         if self._kernel() and fits_window(self.model, longest + len(prefix)):
-            return _pack(rows, pooling, len(items[0]), prefix)
+            return pack_rows(rows, pooling, groups, prefix)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), longest), pad if pad is not None else 0, dtype=torch.long)
-        attention = torch.zeros((len(rows), longest), dtype=torch.long)
-        last = torch.empty(len(rows), dtype=torch.long)
-        offsets = [longest - len(r.ids) if self.padding_side == "left" else 0 for r in rows]
-        for i, (r, off) in enumerate(zip(rows, offsets)):
-            input_ids[i, off : off + len(r.ids)] = torch.tensor(r.ids)
-            attention[i, off : off + len(r.ids)] = 1
-            last[i] = off + r.pooled[-1]
-        placeholder = None
-        if rows[0].placeholder is not None:
-            placeholder = torch.tensor([off + r.placeholder for r, off in zip(rows, offsets)], dtype=torch.long)
-        return Batch(input_ids, attention, _pool_index(rows, offsets), last, placeholder, pooling, len(items[0]), prefix)
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        return pad_rows(rows, pooling, groups, prefix, 0 if pad is None else int(pad), self.padding_side)
 
     def tokenize(self, texts: Sequence[str], task: str | None = None, instruction: str | None = None) -> Batch:
-        return self.collate(self.prepare(texts, task, instruction), self.pooling(task))
+        return self.collate(self.prepare(texts, task, instruction), self._preset.templates(task)[0].pooling)
 
+    # -- forward ----------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
         """Pooled embeddings ``[texts, dim]`` in fp32; differentiable (no inference mode here)."""
-        depth = resolve_output_layer(self.model, self.plan.output_layer)[0]
-        with model_lock(self.model):
-            if batch.packed:
-                kernel = self._kernel()
-                if kernel is None:
-                    raise ValueError("This batch is packed but packing is off or unsupported here; collate it again")
-                lengths = batch.cu_seqlens.diff().tolist()  # type: ignore[union-attr]
-                batch = batch.to(self.device)
-                prefix = self._prefixes.key_values(self.model, batch.prefix, depth) if batch.prefix else None
-                with packed(self.model, Packing(lengths, batch.cu_seqlens, prefix), kernel):  # type: ignore[arg-type]
-                    hidden = forward_hidden(
-                        self.model, batch.input_ids, None, self.plan, batch.last_index, batch.placeholder_index,
-                        position_ids=batch.position_ids,
-                    )
-                return pool(hidden, batch)
-            batch = batch.to(self.device)
-            past = self._prefixes.past(self.model, batch.prefix, depth, batch.input_ids.shape[0]) if batch.prefix else None
+        plan = self.plan
+        depth = resolve_output_layer(self.model, plan.output_layer)[0]
+        batch = batch.to(self.device)
+        if batch.packed:
+            kernel = self._kernel()
+            if kernel is None:
+                raise ValueError("This batch is packed but packing is off or unsupported here; collate it again")
+            prefix = self._prefixes.key_values(self.model, batch.prefix, depth) if batch.prefix else None
+            packing = Packing(batch.cu_seqlens.diff().tolist(), batch.cu_seqlens, kernel, prefix)  # type: ignore[union-attr]
+            # An all-ones mask: transformers builds no [T, T] mask; rows are kept apart by the kernel.
+            ones = torch.ones_like(batch.input_ids)
             hidden = forward_hidden(
-                self.model, batch.input_ids, batch.attention_mask, self.plan, batch.last_index, batch.placeholder_index, past
+                self.model, batch.input_ids, ones, plan, batch.last_index, batch.placeholder_index,
+                position_ids=batch.position_ids, echo_packing=packing,
             )
+            if packing.calls != depth:
+                raise RuntimeError(
+                    f"{type(self.model).__name__} ran {packing.calls} of {depth} attention layers without the packed layout "
+                    "(its forward does not pass attention kwargs through); set packing=False for it"
+                )
             return pool(hidden, batch)
+        past = self._prefixes.past(self.model, batch.prefix, depth, batch.input_ids.shape[0]) if batch.prefix else None
+        hidden = forward_hidden(self.model, batch.input_ids, batch.attention_mask, plan, batch.last_index, batch.placeholder_index, past)
+        return pool(hidden, batch)
 
-    def _kernel(self) -> str | None:
-        """The packed-attention kernel to use, or None for padded batches."""
-        if self.packing is False or not self._packable:
-            return None
-        param = next(self.model.parameters())
-        kernel = varlen_kernel(param.device, param.dtype)
-        if kernel is None and self.packing:
-            raise ValueError(f"packing=True, but there is no packed-attention kernel for {param.device.type} {param.dtype} (CUDA needs bf16 or fp16)")
-        return kernel
+    # -- encoding ---------------------------------------------------------------------------
+    def embed_prepared(
+        self,
+        prepared: Sequence[Prepared],
+        forward: Callable[[Batch], torch.Tensor],
+        *,
+        pooling: Pooling | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: tqdm | None = None,
+    ) -> torch.Tensor:
+        """The one batching loop: sort by token count, fill batches to the token budget, run
+        ``forward`` on each collated batch, and return the rows in input order. Every surface
+        uses it (the sentence-transformers model passes its whole module list as ``forward``)."""
+        _positive_int("batch_size", batch_size)
+        budget = self.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
+        pieces: list[tuple[list[int], torch.Tensor]] = []
+        for chunk in token_budget_batches(longest_first(prepared), prepared, batch_size, budget):
+            pieces.append((chunk, self._forward_halving([prepared[i] for i in chunk], pooling, forward)))
+            if progress is not None:
+                progress.update(len(chunk))
+        if not pieces:
+            return torch.empty((0, self.hidden_size))
+        first = pieces[0][1]
+        out = first.new_empty((len(prepared), *first.shape[1:]))
+        for chunk, vectors in pieces:
+            out[torch.tensor(chunk, device=out.device)] = vectors
+        return out
+
+    def _forward_halving(self, items: list[Prepared], pooling: Pooling | None, forward: Callable[[Batch], torch.Tensor]) -> torch.Tensor:
+        """Forward a batch; on out-of-memory, warn and retry its halves (same vectors: batches
+        do not change results), down to a single text, whose OOM is raised."""
+        try:
+            return forward(self.collate(items, pooling))
+        except torch.OutOfMemoryError:
+            if len(items) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            warnings.warn(f"Out of memory on a batch of {len(items)} texts; retrying it in halves", stacklevel=3)
+            half = len(items) // 2
+            return torch.cat([self._forward_halving(items[:half], pooling, forward), self._forward_halving(items[half:], pooling, forward)])
 
     @torch.inference_mode()
     def encode(
@@ -273,143 +467,17 @@ class Embedder:
         task: str | None = None,
         *,
         instruction: str | None = None,
-        batch_size: int = 256,
-        max_batch_tokens: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         normalize: bool = False,
         show_progress_bar: bool = False,
     ) -> torch.Tensor:
-        """Embed ``texts`` in input order; batches are length-sorted by token count."""
+        """Embed ``texts`` with the bare decoder, in input order, as fp32 on the CPU. The
+        sentence-transformers model's ``encode`` runs the same loop through its whole module list."""
         texts = check_texts(texts)
-        with tqdm(total=len(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
-            return self._encode(texts, task, instruction, batch_size, max_batch_tokens, normalize, bar)
-
-    def stream(
-        self,
-        texts: Iterable[str],
-        task: str | None = None,
-        *,
-        chunk_size: int = 4096,
-        instruction: str | None = None,
-        batch_size: int = 256,
-        max_batch_tokens: int | None = None,
-        normalize: bool = False,
-        show_progress_bar: bool = False,
-    ) -> Iterator[torch.Tensor]:
-        """Embed an iterable of any length, ``chunk_size`` texts at a time, yielding ``[chunk, dim]``
-        in input order. Memory is bounded by the chunk: the input is read lazily."""
-        with tqdm(total=known_length(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
-            for chunk in chunked(texts, chunk_size):
-                with torch.inference_mode():
-                    yield self._encode(chunk, task, instruction, batch_size, max_batch_tokens, normalize, bar)
-
-    def _encode(
-        self,
-        texts: Sequence[str],
-        task: str | None,
-        instruction: str | None,
-        batch_size: int,
-        max_batch_tokens: int | None,
-        normalize: bool,
-        bar: tqdm,
-    ) -> torch.Tensor:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if max_batch_tokens is None:
-            max_batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
         prepared = self.prepare(texts, task, instruction)
-        pooling = self.pooling(task)
-        out = torch.empty((len(prepared), self.hidden_size), dtype=torch.float32)
-        order = sorted(range(len(prepared)), key=lambda i: -_width(prepared[i]))
-        for chunk in _length_batches(order, prepared, batch_size, max_batch_tokens):
-            out[chunk] = self._forward_halving([prepared[i] for i in chunk], pooling)
-            bar.update(len(chunk))
-        if normalize:
-            out = nn.functional.normalize(out, p=2, dim=1)
-        return out
-
-    def _forward_halving(self, items: list[Prepared], pooling: Pooling) -> torch.Tensor:
-        """Forward a batch; on out-of-memory, warn and retry its halves (same vectors: batches
-        do not change results), down to a single text, whose OOM is raised."""
-        try:
-            return self.forward(self.collate(items, pooling)).float().cpu()
-        except torch.OutOfMemoryError:
-            if len(items) == 1:
-                raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            warnings.warn(f"Out of memory on a batch of {len(items)} texts; retrying it in halves", stacklevel=3)
-            half = len(items) // 2
-            return torch.cat([self._forward_halving(items[:half], pooling), self._forward_halving(items[half:], pooling)])
-
-
-def _pack(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[int, ...]) -> Batch:
-    """All rows back to back in one sequence, positions restarting after the cached prefix."""
-    lengths = [len(r.ids) for r in rows]
-    starts = [0]
-    for n in lengths:
-        starts.append(starts[-1] + n)
-    total = starts[-1]
-    input_ids = torch.tensor([[t for r in rows for t in r.ids]], dtype=torch.long)
-    position_ids = torch.tensor([[len(prefix) + i for n in lengths for i in range(n)]], dtype=torch.long)
-    last = torch.tensor([start + r.pooled[-1] for r, start in zip(rows, starts)], dtype=torch.long)
-    placeholder = None
-    if rows[0].placeholder is not None:
-        placeholder = torch.tensor([start + r.placeholder for r, start in zip(rows, starts)], dtype=torch.long)  # type: ignore[operator]
-    cu_seqlens = torch.tensor(starts, dtype=torch.int32)
-    return Batch(input_ids, None, _pool_index(rows, starts), last, placeholder, pooling, groups, prefix, position_ids, cu_seqlens)
-
-
-def _pool_index(rows: Sequence[Row], offsets: Sequence[int]) -> torch.Tensor:
-    """``[2, pooled tokens]``: each pooled token's row and its position (the row's offset plus
-    its position in the row)."""
-    row = [i for i, r in enumerate(rows) for _ in r.pooled]
-    position = [off + p for r, off in zip(rows, offsets) for p in r.pooled]
-    return torch.tensor([row, position], dtype=torch.long)
-
-
-def _shared_prefix(rows: Sequence[Row]) -> tuple[int, ...]:
-    """The longest constant start common to all rows that is neither pooled, nor the placeholder,
-    nor the whole row (at least one token must go through the batch forward)."""
-    first = rows[0].ids
-    n = min(min(r.constant, r.pooled[0], len(r.ids) - 1, len(first) if r.placeholder is None else r.placeholder) for r in rows)
-    for r in rows:
-        while n and r.ids[:n] != first[:n]:
-            n -= 1
-    return tuple(first[:n])
-
-
-def _width(item: Prepared) -> int:
-    return max(len(r.ids) for r in item)
-
-
-def _length_batches(order: list[int], prepared: list[Prepared], batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    """Consecutive runs of the longest-first order, capped by count and by padded tokens."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        rows = len(prepared[i])
-        width = _width(prepared[current[0]]) if current else _width(prepared[i])
-        if current and (len(current) >= batch_size or (max_tokens is not None and (len(current) + 1) * rows * width > max_tokens)):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def pool(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean over the pooled span, or its last token, in fp32; averaged over a text's templates."""
-    hidden = hidden.float()
-    rows = batch.last_index.shape[0]
-    if batch.pooling == "last":
-        pooled = hidden[0, batch.last_index] if batch.packed else hidden[torch.arange(rows, device=hidden.device), batch.last_index]
-    else:
-        # The mask is built where the hidden states are; a matmul keeps the sum deterministic.
-        mask = torch.zeros(rows, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
-        mask[batch.pool_index[0], batch.pool_index[1]] = 1.0
-        summed = mask @ hidden[0] if batch.packed else (mask.unsqueeze(1) @ hidden).squeeze(1)
-        pooled = summed / mask.sum(dim=1, keepdim=True)
-    if batch.groups > 1:
-        pooled = pooled.view(batch.groups, -1, pooled.shape[-1]).mean(dim=0)
-    return pooled
+        with tqdm(total=len(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+            out = self.embed_prepared(
+                prepared, lambda batch: self.forward(batch).float().cpu(), pooling=self._preset.templates(task)[0].pooling,
+                batch_size=batch_size, progress=bar,
+            )
+        return nn.functional.normalize(out, p=2, dim=1) if normalize else out

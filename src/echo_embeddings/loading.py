@@ -1,7 +1,8 @@
 """Model loading: Hugging Face ids and folders, GGUF files, embedded-model aliases, the conversion cache.
 
 Everything returns the bare decoder (``AutoModel``, no LM head) and its tokenizer with a pad
-token set. GGUF files are dequantized by transformers once and cached as safetensors, since
+token set. The decoder is loaded with the ``echo_packed`` attention implementation where the
+architecture allows it (plain SDPA except for the engine's packed batches). GGUF files are dequantized by transformers once and cached as safetensors, since
 the conversion takes 30-90 s and a converted copy loads in about a second.
 """
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .packing import IMPLEMENTATION
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +144,16 @@ def load_decoder(
     config = AutoConfig.from_pretrained(folder, **{k: v for k, v in model_kwargs.items() if k == "trust_remote_code"})
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{name_or_path} is an encoder-decoder model; echo-embeddings needs a decoder-only (causal) model")
-    model = AutoModel.from_pretrained(folder, dtype=dtype, **model_kwargs).to(device)
-    model.eval()
+    if "attn_implementation" not in model_kwargs and not getattr(config, "attn_logit_softcapping", None):
+        # Chosen once, here: SDPA for every ordinary forward, packed rows when the engine asks.
+        try:
+            model = AutoModel.from_pretrained(folder, dtype=dtype, attn_implementation=IMPLEMENTATION, **model_kwargs)
+        except ValueError as error:  # an architecture without custom attention backends
+            logger.info("Packed batches unavailable for %s: %s", name_or_path, error)
+            model = AutoModel.from_pretrained(folder, dtype=dtype, **model_kwargs)
+    else:
+        model = AutoModel.from_pretrained(folder, dtype=dtype, **model_kwargs)
+    model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ensure_pad_token(tokenizer)
     return model, tokenizer

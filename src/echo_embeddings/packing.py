@@ -1,9 +1,17 @@
 """Padding-free batches: all rows of a batch packed into one sequence, attention kept per row.
 
-The decoder runs on ``[1, total_tokens]`` with positions restarting at every row, and a
-registered attention function (transformers' ``AttentionInterface``) attends within each row
-only, using ``cu_seqlens`` boundaries. No token of padding is computed. A cached template prefix
-joins every row's keys and values inside the same function.
+The decoder runs on ``[1, total_tokens]`` with positions restarting at every row, and the
+attention function registered as ``"echo_packed"`` with transformers' ``AttentionInterface``
+attends within each row only, using ``cu_seqlens`` boundaries. No token of padding is computed.
+A cached template prefix joins every row's keys and values inside the same function.
+
+The implementation is chosen once, when the model is loaded (``attn_implementation="echo_packed"``);
+a model handed to the engine keeps its own implementation, and packs only if its owner chose
+ours. The row layout of each forward travels as a call keyword argument (``echo_packing``), the
+way transformers hands ``cu_seq_lens_q`` to its flash-attention path, so nothing about the model
+changes between forwards and no lock is needed. Without that argument (padded batches, the
+prefix forward, anyone else's call) the function is plain SDPA, and its mask function, registered
+under the same name, is transformers' SDPA mask.
 
 Kernels, in order of preference: torch's ``varlen_attn`` (CUDA, fp16/bf16), flash-attn's
 ``flash_attn_varlen_func`` (CUDA, when installed), and on CPU one ``scaled_dot_product_attention``
@@ -13,15 +21,14 @@ than a row, keep the padded path.
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .prefix_cache import KeyValues
 
@@ -34,7 +41,10 @@ class Packing:
 
     lengths: list[int]
     cu_seqlens: torch.Tensor  # int32 [rows + 1] on the device
+    kernel: str
     prefix: KeyValues | None = None
+    calls: int = 0
+    """How many attention layers ran packed: the engine checks that every layer got the layout."""
     _groups: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] | None = field(default=None, repr=False)
     _joined: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -96,39 +106,15 @@ def supports_packing(model: nn.Module) -> bool:
     return not getattr(config, "attn_logit_softcapping", None)
 
 
+def uses_packed_attention(model: nn.Module) -> bool:
+    """Whether the model's owner chose the ``echo_packed`` attention implementation."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == IMPLEMENTATION
+
+
 def fits_window(model: nn.Module, longest: int) -> bool:
     """A sliding window shorter than the longest row would change the result: stay padded."""
     window = getattr(model.config, "sliding_window", None)
     return not window or longest <= window
-
-
-_state = threading.local()
-_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """One lock per model: a packed forward switches the model's attention implementation, so
-    no other forward of that model may run meanwhile."""
-    with _locks_guard:
-        if model not in _locks:
-            _locks[model] = threading.RLock()
-        return _locks[model]
-
-
-@contextmanager
-def packed(model: nn.Module, packing: Packing, kernel: str) -> Iterator[None]:
-    """Run the model's attention through the packed function for the duration of one forward."""
-    config = model.config
-    with model_lock(model):
-        previous = config._attn_implementation
-        _state.packing, _state.kernel = packing, kernel
-        config._attn_implementation = IMPLEMENTATION
-        try:
-            yield
-        finally:
-            config._attn_implementation = previous
-            _state.packing = _state.kernel = None
 
 
 def _packed_attention(
@@ -139,15 +125,17 @@ def _packed_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    **_: object,
-) -> tuple[torch.Tensor, None]:
-    """``[1, heads, T, dim]`` in, ``[1, T, heads, dim]`` out, attending within each packed row."""
-    packing: Packing | None = getattr(_state, "packing", None)
-    if packing is None:
-        raise RuntimeError(f"{IMPLEMENTATION} attention was called outside a packed forward")
-    prefix = packing.prefix[module.layer_idx] if packing.prefix is not None else None  # type: ignore[index]
+    echo_packing: Packing | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """With ``echo_packing``: ``[1, heads, T, dim]`` in, ``[1, T, heads, dim]`` out, attending within
+    each packed row. Without it: transformers' SDPA attention, unchanged."""
+    if echo_packing is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    prefix = echo_packing.prefix[module.layer_idx] if echo_packing.prefix is not None else None  # type: ignore[attr-defined]
     q, k, v = query[0], key[0], value[0]  # [heads, T, dim]
-    out = _KERNELS[_state.kernel](q, k, v, packing, prefix, scaling)
+    out = _KERNELS[echo_packing.kernel](q, k, v, echo_packing, prefix, scaling)
+    echo_packing.calls += 1
     return out.unsqueeze(0), None
 
 
@@ -210,3 +198,7 @@ _KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "flash-attn": _flash_attn,
 }
 AttentionInterface.register(IMPLEMENTATION, _packed_attention)
+# Registered explicitly, so that mask creation runs as for SDPA: padded batches and other callers
+# get their causal and padding masks. A packed forward passes an all-ones 2D mask with no cache,
+# for which SDPA's mask function returns None (causal skip): no [T, T] mask is ever built.
+AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)

@@ -9,7 +9,6 @@ after it, so both compose with the cache.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections import OrderedDict
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from .hooks import LayerPlan, forward_hidden
+from .forward import LayerPlan, cache_keyword, forward_hidden
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -88,12 +87,14 @@ def _forward_prefix(model: nn.Module, ids: tuple[int, ...], depth: int) -> KeyVa
     return [(layer.keys, layer.values) for layer in layers]
 
 
-def supports_prefix_cache(model: nn.Module) -> bool:
-    """Models whose forward takes a ``DynamicCache`` with plain (unbounded) layers."""
+def prefix_cache_support(model: nn.Module) -> str | None:
+    """None if the model's forward takes a ``DynamicCache`` (under ``cache=`` or, before
+    transformers 5.24, ``past_key_values=``); otherwise why the prefix cache cannot run."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    try:
-        return "past_key_values" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+    if config is None:
+        return f"{type(model).__name__} has no config"
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported"
+    if cache_keyword(model) is None:
+        return f"{type(model).__name__}.forward takes no key/value cache"
+    return None

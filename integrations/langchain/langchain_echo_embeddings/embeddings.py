@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from echo_embeddings import DEFAULT_MODEL
-from echo_embeddings.shared import SharedEncoder, shared_encoder
+from echo_embeddings.adapter_cache import SharedModel, shared_model
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,9 +47,9 @@ class EchoEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    def _encoder(self) -> SharedEncoder:
+    def _encoder(self) -> SharedModel:
         # Loads lazily, once per configuration per process (shared across instances).
-        return shared_encoder(self.model, self.strategy, self.device, **self.model_kwargs)
+        return shared_model(self.model, self.strategy, self.device, **self.model_kwargs)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents with the strategy's document template; the texts are not altered."""

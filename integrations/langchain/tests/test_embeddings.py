@@ -13,8 +13,8 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 import echo_embeddings
-from echo_embeddings import PRESETS, shared
-from echo_embeddings.testing import loop_ticks_during, save_tiny_model
+from echo_embeddings import PRESETS, adapter_cache as shared
+from helpers import loop_ticks_during, save_tiny_model
 from langchain_echo_embeddings import EchoEmbeddings
 
 _DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))

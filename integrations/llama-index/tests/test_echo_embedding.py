@@ -15,7 +15,7 @@ from llama_index.core.node_parser import SentenceSplitter
 
 import echo_embeddings
 from echo_embeddings import PRESETS
-from echo_embeddings.testing import loop_ticks_during, save_tiny_model
+from helpers import loop_ticks_during, save_tiny_model
 from llama_index.embeddings.echo import EchoEmbedding
 
 _DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))

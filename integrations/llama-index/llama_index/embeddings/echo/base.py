@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from echo_embeddings import DEFAULT_MODEL
-from echo_embeddings.shared import SharedEncoder, shared_encoder
+from echo_embeddings.adapter_cache import SharedModel, shared_model
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field
 
@@ -40,9 +40,9 @@ class EchoEmbedding(BaseEmbedding):
     def class_name(cls) -> str:
         return "EchoEmbedding"
 
-    def _encoder(self) -> SharedEncoder:
+    def _encoder(self) -> SharedModel:
         # Never stored on the object: pickles stay small and each process loads lazily, once.
-        return shared_encoder(self.model_name, self.strategy, self.device, **self.model_kwargs)
+        return shared_model(self.model_name, self.strategy, self.device, **self.model_kwargs)
 
     def _embed(self, texts: list[str], task: str, instruction: str | None) -> list[Embedding]:
         return self._encoder().encode(texts, task, instruction=instruction, batch_size=self.batch_size, normalize=self.normalize)

@@ -1,8 +1,9 @@
-"""Tiny offline models for tests: tokenizers trained in-process and random decoders of many architectures.
+"""Test helpers: tokenizers trained in-process, tiny random decoders of many architectures, an
+event-loop probe. Nothing here downloads anything; a tiny model builds in well under a second.
 
-Nothing here downloads anything; a tiny model builds in well under a second.
+Shared by the core and both integrations' tests (``pythonpath = ["tests"]`` in pyproject.toml):
 
-    from echo_embeddings.testing import bpe_tokenizer, tiny_decoder, save_tiny_model
+    from helpers import bpe_tokenizer, tiny_decoder, save_tiny_model
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from transformers import (
     Qwen2Config,
     Qwen3Config,
 )
+
+from echo_embeddings.packing import IMPLEMENTATION
 
 T = TypeVar("T")
 
@@ -93,11 +96,15 @@ ARCHITECTURES: dict[str, Callable[[int], object]] = {
 }
 
 
-def tiny_decoder(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
-    """A random 4-layer, 32-wide bare decoder; the same seed gives the same weights."""
+def tiny_decoder(arch: str, vocab_size: int, seed: int = 0, packed: bool = True) -> torch.nn.Module:
+    """A random 4-layer, 32-wide bare decoder; the same seed gives the same weights. With
+    ``packed`` it gets the ``echo_packed`` attention implementation where the architecture allows
+    it, as ``echo_embeddings.load`` gives it; otherwise transformers' default."""
+    config = ARCHITECTURES[arch](vocab_size)
+    options = {"attn_implementation": IMPLEMENTATION} if packed and not getattr(config, "attn_logit_softcapping", None) else {}
     with torch.random.fork_rng():  # leave the caller's random state alone
         torch.manual_seed(seed)
-        model = AutoModel.from_config(ARCHITECTURES[arch](vocab_size), dtype=torch.float32)
+        model = AutoModel.from_config(config, dtype=torch.float32, **options)
     return model.eval()
 
 

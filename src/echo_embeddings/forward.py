@@ -1,16 +1,21 @@
-"""Layer hooks: token prepending and early exit for any decoder whose layers are a module list.
+"""The decoder forward and its hooks: token prepending and early exit for any decoder whose layers
+are a module list.
 
 Hooks are registered for one forward only and act only in the thread that registered them,
 so two threads can encode at once with different settings, and a model at rest carries no
-hooks (it pickles and moves to other processes as usual).
+hooks (it pickles and moves to other processes as usual). Per-call data for the attention
+function (a packed batch's row boundaries) travels as call keyword arguments, which
+transformers hands to the registered attention function of every layer.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,37 +50,19 @@ class UnsupportedModelError(TypeError):
     pass
 
 
-class TPDefaults(NamedTuple):
-    """Token-prepending layers and output layer for one model family and size."""
-
-    tp_start: int
-    tp_stop: int
-    output_layer: int
-
-
-# Keyed by (model_type, number of layers, vocabulary size or None for any), then by preset
-# ("*" for any). The 7-9B rows are Fu et al.'s settings; the small ones were tuned on the dev
-# sets with benchmarks/tune_tp.py and only kept where TP beat its base prompt on both sets.
-TP_DEFAULTS: dict[tuple[str, int, int | None], dict[str, TPDefaults]] = {
-    ("llama", 32, 32000): {"*": TPDefaults(1, 8, -2)},  # LLaMA-2-7B: layers 1..7
-    ("llama", 32, 128256): {"*": TPDefaults(1, 4, -2)},  # Llama-3-8B: layers 1..3
-    ("qwen2", 28, None): {"*": TPDefaults(1, 7, -2)},  # Qwen2-7B: layers 1..6
-    ("gemma2", 42, None): {"*": TPDefaults(1, 7, -2)},  # Gemma-2-9B: layers 1..6
-    # SmolLM2-135M: layers 1..7, pooling hidden state 28 of 30. MetaEOL gained on one set and
-    # lost on the other, so its TP is off.
-    ("llama", 30, 49152): {"*": TPDefaults(1, 8, -3), "metaeol+tp": TPDefaults(1, 1, -1)},
-    # Gemma 3 270M: every range tried helped STS-B but hurt SICK, so TP is off by default.
-    ("gemma3_text", 18, 262144): {"*": TPDefaults(1, 1, -1)},
-}
+@lru_cache(maxsize=None)
+def _cache_keyword_of(forward_class: type) -> str | None:
+    try:
+        parameters = inspect.signature(forward_class.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    # transformers 5.24 renamed past_key_values to cache (the old name warns until 5.40).
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
-def tp_defaults(model: nn.Module, preset: str = "*") -> TPDefaults:
-    """The table entry for this model and preset, else layer 1 to the first quarter and the penultimate output."""
-    config = model.config  # type: ignore[union-attr]
-    n = len(decoder_layers(model))
-    key = (getattr(config, "model_type", ""), n)
-    found = TP_DEFAULTS.get((*key, getattr(config, "vocab_size", None))) or TP_DEFAULTS.get((*key, None)) or {}
-    return found.get(preset) or found.get("*") or TPDefaults(min(1, n - 1), max(2, n // 4 + 1), -2)
+def cache_keyword(model: nn.Module) -> str | None:
+    """The name under which this model's forward takes a key/value cache, or None if it takes none."""
+    return _cache_keyword_of(type(model))
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -145,11 +132,13 @@ def forward_hidden(
     placeholder_index: torch.Tensor | None = None,
     past: Cache | None = None,
     position_ids: torch.Tensor | None = None,
+    **attention_kwargs: Any,
 ) -> torch.Tensor:
     """Run the bare decoder under ``plan`` and return the hidden states ``[batch, seq, dim]``.
 
     ``past`` holds a cached prefix that every row continues; the hidden states cover only the
-    new ids. A packed batch comes with its ``position_ids`` and no mask. Layers after an
+    new ids. A packed batch comes with its ``position_ids``, an all-ones mask and its layout in
+    ``attention_kwargs``, which reach the registered attention function. Layers after an
     intermediate output layer are never called.
     """
     index, n = resolve_output_layer(model, plan.output_layer)
@@ -162,13 +151,12 @@ def forward_hidden(
             attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], cached), attention_mask], dim=1)
         # Explicit positions make left padding exact too (models otherwise count pads as positions).
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
-    inputs = dict(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=past,
-        use_cache=past is not None,
-    )
+    inputs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **attention_kwargs)
+    if past is not None:
+        keyword = cache_keyword(model)
+        if keyword is None:
+            raise UnsupportedModelError(f"{type(model).__name__}.forward takes no key/value cache; turn the prefix cache off for it")
+        inputs.update({keyword: past, "use_cache": True})
     if not early and not plan.token_prepending:
         return model(**inputs).last_hidden_state
     layers = decoder_layers(model)

@@ -1,8 +1,10 @@
-"""One loaded model per configuration per process, for the framework adapters.
+"""The adapters' model cache: one loaded model per configuration per process.
 
 LangChain and LlamaIndex create embedding objects freely (per chain, per index, per worker);
-they all reach the model through :func:`shared_encoder`, which loads it once and serialises
+they all reach the model through :func:`shared_model`, which loads it once and serialises
 access to it, so concurrent calls neither duplicate weights nor oversubscribe the device.
+Vectors come from the model's ``encode``, so a saved model's whole module list (a ``Dense``
+projection, ``Normalize``, ...) applies exactly as in sentence-transformers.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentence_transformers import SentenceTransformer
+from .engine import DEFAULT_BATCH_SIZE
+from .sentence_transformer import EchoSentenceTransformer
 
-_CACHE: dict[str, SharedEncoder] = {}
+_CACHE: dict[str, SharedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 @dataclass
-class SharedEncoder:
+class SharedModel:
     """A loaded model plus the lock that serialises its forwards."""
 
-    model: SentenceTransformer
+    model: EchoSentenceTransformer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def encode(
@@ -32,25 +35,26 @@ class SharedEncoder:
         task: str | None,
         *,
         instruction: str | None = None,
-        batch_size: int = 256,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         normalize: bool = True,
         show_progress: bool = False,
     ) -> list[list[float]]:
         """Vectors as lists of Python floats, in input order."""
-        embedder = self.model[0].embedder
+        options: dict[str, Any] = {"instruction": instruction} if instruction else {}
         with self.lock:
-            vectors = embedder.encode(
-                texts, task, instruction=instruction or None, batch_size=batch_size, normalize=normalize, show_progress_bar=show_progress
+            vectors = self.model.encode(
+                list(texts), task=task, batch_size=batch_size, normalize_embeddings=normalize,
+                show_progress_bar=show_progress, convert_to_numpy=True, **options,
             )
         return vectors.tolist()
 
 
-def shared_encoder(model: str, strategy: str | None = None, device: str | None = None, **options: Any) -> SharedEncoder:
-    """The process-wide encoder for this configuration, loaded on first use."""
+def shared_model(model: str, strategy: str | None = None, device: str | None = None, **options: Any) -> SharedModel:
+    """The process-wide model for this configuration, loaded on first use."""
     from . import load
 
     key = json.dumps([model, strategy, device, options], sort_keys=True, default=str)
     with _CACHE_LOCK:  # held while loading: a second caller waits instead of loading twice
         if key not in _CACHE:
-            _CACHE[key] = SharedEncoder(load(model, strategy, device=device, **options))
+            _CACHE[key] = SharedModel(load(model, strategy, device=device, **options))
         return _CACHE[key]

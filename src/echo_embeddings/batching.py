@@ -1,0 +1,162 @@
+"""Batching: one text laid into its templates (rows), rows into padded or packed tensors, and the
+token-budget rule that groups texts into batches.
+
+Texts are sorted by token count after the template is applied (longest first) and consecutive
+texts fill a batch until its padded size (rows x width) would pass the token budget or the
+count cap. Every surface goes through :func:`token_budget_batches`, so one rule decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from .template import Pooling
+
+
+@dataclass
+class Batch:
+    """Tensors for one forward plus where to pool.
+
+    Padded (``attention_mask`` set, right-padded unless the engine says left): ``[rows, width]``.
+    Packed (``cu_seqlens`` set): every row back to back in ``[1, total]``, and positions are
+    positions in the packed sequence. ``pool_index`` is ``[2, pooled tokens]``: the row and
+    position of every pooled token (compact, so a large packed batch ships no dense mask).
+    Rows are template-major: with ``groups`` templates (MetaEOL) row ``g * n + i`` is text
+    ``i`` in template ``g``, and the pooled vectors of a text's rows are averaged.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    pool_index: torch.Tensor
+    last_index: torch.Tensor
+    placeholder_index: torch.Tensor | None
+    pooling: Pooling
+    groups: int = 1
+    prefix: tuple[int, ...] = ()
+    """Ids every row starts with, left out of ``input_ids``: their keys and values come from the cache."""
+    position_ids: torch.Tensor | None = None
+    cu_seqlens: torch.Tensor | None = None
+
+    _TENSORS = ("input_ids", "attention_mask", "pool_index", "last_index", "placeholder_index", "position_ids", "cu_seqlens")
+    _KEYS = (*_TENSORS, "pooling", "groups", "prefix")
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {k: getattr(self, k).to(device, non_blocking=True) for k in self._TENSORS if getattr(self, k) is not None}
+        return replace(self, **moved)
+
+    def as_features(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._KEYS if getattr(self, key) is not None}
+
+    @classmethod
+    def from_features(cls, features: dict[str, Any]) -> Batch:
+        return cls(**{key: features.get(key) for key in cls._KEYS})
+
+
+@dataclass(frozen=True)
+class Row:
+    """One text laid into one template: ids, pooled positions, placeholder position, and how
+    many leading ids are the template's constant prefix."""
+
+    ids: list[int]
+    pooled: list[int]
+    placeholder: int | None = None
+    constant: int = 0
+
+
+Prepared = tuple[Row, ...]
+"""One text in each of its task's templates (one row, or eight for MetaEOL)."""
+
+
+def pack_rows(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[int, ...]) -> Batch:
+    """All rows back to back in one sequence, positions restarting after the cached prefix."""
+    lengths = [len(r.ids) for r in rows]
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    total = starts[-1]
+    input_ids = torch.tensor([[t for r in rows for t in r.ids]], dtype=torch.long)
+    position_ids = torch.tensor([[len(prefix) + i for n in lengths for i in range(n)]], dtype=torch.long)
+    last = torch.tensor([start + r.pooled[-1] for r, start in zip(rows, starts)], dtype=torch.long)
+    placeholder = None
+    if rows[0].placeholder is not None:
+        placeholder = torch.tensor([start + r.placeholder for r, start in zip(rows, starts)], dtype=torch.long)  # type: ignore[operator]
+    cu_seqlens = torch.tensor(starts, dtype=torch.int32)
+    return Batch(input_ids, None, pool_index(rows, starts), last, placeholder, pooling, groups, prefix, position_ids, cu_seqlens)
+
+
+def pad_rows(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[int, ...], pad_id: int, padding_side: str) -> Batch:
+    """Rows into a ``[rows, width]`` batch with an attention mask, padded on ``padding_side``."""
+    longest = max(len(r.ids) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), longest), dtype=torch.long)
+    last = torch.empty(len(rows), dtype=torch.long)
+    offsets = [longest - len(r.ids) if padding_side == "left" else 0 for r in rows]
+    for i, (r, off) in enumerate(zip(rows, offsets)):
+        input_ids[i, off : off + len(r.ids)] = torch.tensor(r.ids)
+        attention[i, off : off + len(r.ids)] = 1
+        last[i] = off + r.pooled[-1]
+    placeholder = None
+    if rows[0].placeholder is not None:
+        placeholder = torch.tensor([off + r.placeholder for r, off in zip(rows, offsets)], dtype=torch.long)  # type: ignore[operator]
+    return Batch(input_ids, attention, pool_index(rows, offsets), last, placeholder, pooling, groups, prefix)
+
+
+def cut_prefix(rows: Sequence[Row], prefix: tuple[int, ...]) -> list[Row]:
+    """The rows without the shared ``prefix`` (its keys and values come from the cache)."""
+    cut = len(prefix)
+    return [Row(r.ids[cut:], [p - cut for p in r.pooled], None if r.placeholder is None else r.placeholder - cut) for r in rows]
+
+
+def pool_index(rows: Sequence[Row], offsets: Sequence[int]) -> torch.Tensor:
+    """``[2, pooled tokens]``: each pooled token's row and its position (the row's offset plus
+    its position in the row)."""
+    row = [i for i, r in enumerate(rows) for _ in r.pooled]
+    position = [off + p for r, off in zip(rows, offsets) for p in r.pooled]
+    return torch.tensor([row, position], dtype=torch.long)
+
+
+def shared_prefix(rows: Sequence[Row]) -> tuple[int, ...]:
+    """The longest constant start common to all rows that is neither pooled, nor the placeholder,
+    nor the whole row (at least one token must go through the batch forward)."""
+    first = rows[0].ids
+    n = min(min(r.constant, r.pooled[0], len(r.ids) - 1, len(first) if r.placeholder is None else r.placeholder) for r in rows)
+    for r in rows:
+        while n and r.ids[:n] != first[:n]:
+            n -= 1
+    return tuple(first[:n])
+
+
+def width(item: Prepared) -> int:
+    return max(len(r.ids) for r in item)
+
+
+def longest_first(prepared: Sequence[Prepared]) -> list[int]:
+    """Indices of ``prepared`` by token count, longest first (stable for equal lengths)."""
+    return sorted(range(len(prepared)), key=lambda i: -width(prepared[i]))
+
+
+def token_budget_batches(order: list[int], prepared: Sequence[Prepared], batch_size: int, max_tokens: int | None) -> list[list[int]]:
+    """Consecutive runs of the longest-first ``order``, capped by count and by padded tokens
+    (rows x width, every template row of a text counted). A text longer than the budget runs alone."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        rows = len(prepared[i])
+        longest = width(prepared[current[0]]) if current else width(prepared[i])
+        if current and (len(current) >= batch_size or (max_tokens is not None and (len(current) + 1) * rows * longest > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+

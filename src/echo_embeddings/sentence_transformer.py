@@ -1,0 +1,302 @@
+"""The sentence-transformers surface: the ``EchoEmbedder`` input module and the ``EchoSentenceTransformer`` model.
+
+``EchoSentenceTransformer(modules=[EchoEmbedder(...), ...])`` is a complete embedding model. The
+module templates, runs the decoder and pools; modules after it (``Dense``, ``Normalize``, a
+whitening, ...) run on its output. ``save`` writes the decoder, its tokenizer and
+``echo_embeddings_config.json`` (exactly the settings that run) into one folder.
+
+Every way of encoding (``encode``, ``encode_query``/``encode_document``, ``stream``, the
+multi-process pool, and through :mod:`echo_embeddings.adapter_cache` LangChain, LlamaIndex and the
+CLI) ends in :meth:`EchoSentenceTransformer._inference`: token-count sorting, the token budget,
+the whole module list, input order restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules.input_module import InputModule
+from sentence_transformers.util import batch_to_device, truncate_embeddings
+from tqdm.auto import tqdm
+
+from . import __version__
+from .batching import Batch
+from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SEQ_LENGTH, Engine, check_texts, chunked, known_length
+from .loading import load_decoder
+from .presets import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, PRESETS, Preset
+from .template import Pooling, Template
+
+CONFIG_FILE = "echo_embeddings_config.json"
+
+
+class _EngineSetting:
+    """A module attribute that lives on the engine: reading or setting it reads or sets the
+    engine's, so what the module reports (and saves) is always what runs."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, module: EchoEmbedder | None, owner: type | None = None) -> Any:
+        return self if module is None else getattr(module.engine, self.name)
+
+    def __set__(self, module: EchoEmbedder, value: Any) -> None:
+        setattr(module.engine, self.name, value)
+
+
+class EchoEmbedder(InputModule):
+    """Templates, decoder and pooling as one sentence-transformers input module.
+
+    Args:
+        model_name_or_path: an alias (``smollm2-135m``, ``gemma3-270m``), a Hugging Face id or
+            folder, or a ``.gguf`` file; or None with ``model`` and ``tokenizer``.
+        strategy: a preset name, :class:`Preset`, :class:`Template` or template string (default
+            ``echo``, or the released checkpoints' own templates when loaded by their id).
+        pooling: ``"mean"`` or ``"last"``, for a template string only.
+        instruction, max_seq_length, output_layer, final_norm, tp_layers, placeholder_token,
+            max_batch_tokens: the :class:`~echo_embeddings.engine.Engine` settings. Each is an
+            attribute of the module too; setting it takes effect at once and is saved.
+        device, dtype: where and in which precision to load the decoder (CUDA in bf16 when
+            available, else CPU in fp32).
+        model, tokenizer: an already loaded decoder and tokenizer. Neither is modified.
+        model_kwargs: extra keyword arguments for ``AutoModel.from_pretrained``.
+    """
+
+    config_file_name = CONFIG_FILE
+    config_keys = [
+        "strategy",
+        "pooling",
+        "instruction",
+        "max_seq_length",
+        "output_layer",
+        "final_norm",
+        "tp_layers",
+        "placeholder_token",
+        "max_batch_tokens",
+    ]
+    forward_kwargs = {"instruction"}
+    """``model.encode(texts, instruction=...)`` fills the query template's ``{instruction}``."""
+
+    strategy = _EngineSetting()
+    pooling = _EngineSetting()
+    instruction = _EngineSetting()
+    max_seq_length = _EngineSetting()
+    output_layer = _EngineSetting()
+    final_norm = _EngineSetting()
+    tp_layers = _EngineSetting()
+    placeholder_token = _EngineSetting()
+    max_batch_tokens = _EngineSetting()
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        strategy: str | Preset | Template | None = None,
+        *,
+        pooling: Pooling | None = None,
+        instruction: str = DEFAULT_INSTRUCTION,
+        max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+        output_layer: int | None = None,
+        final_norm: bool = False,
+        tp_layers: Sequence[int] | None = None,
+        placeholder_token: str | int | None = None,
+        max_batch_tokens: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            if model_name_or_path is None:
+                raise ValueError("Pass a model id, folder, .gguf path or alias, or a loaded model and tokenizer")
+            model, tokenizer = load_decoder(model_name_or_path, device=device, dtype=dtype, **(model_kwargs or {}))
+        elif tokenizer is None:
+            raise ValueError("A loaded model needs its tokenizer too")
+        if strategy is None:
+            strategy = CHECKPOINT_PRESETS.get(str(model_name_or_path), "echo")
+        if isinstance(strategy, Preset) and PRESETS.get(strategy.name) is not strategy:
+            raise ValueError(f"Register preset {strategy.name!r} (register_preset) so that a saved model can find it again")
+        self.model = model  # a submodule: .to(), parameters() and state_dict() see the decoder
+        self.engine = Engine(
+            model,
+            tokenizer,
+            strategy,
+            pooling=pooling,
+            instruction=instruction,
+            max_seq_length=max_seq_length,
+            output_layer=output_layer,
+            final_norm=final_norm,
+            tp_layers=tp_layers,
+            placeholder_token=placeholder_token,
+            max_batch_tokens=max_batch_tokens,
+        )
+
+    @property
+    def tokenizer(self) -> Any:  # type: ignore[override]
+        return self.engine.tokenizer
+
+    def get_embedding_dimension(self) -> int:
+        return self.engine.hidden_size
+
+    # -- sentence-transformers protocol -----------------------------------------------------
+    def _with_prompt(self, texts: list[str], prompt: str | None, task: str | None, instruction: str | None) -> tuple[list[str], str | None]:
+        """A sentence-transformers ``prompt`` fills the template's ``{instruction}``; a template
+        without one gets the prompt prepended to the text, as sentence-transformers does."""
+        if not prompt:
+            return texts, instruction
+        if any(p.kind == "instruction" for t in self.engine.preset.templates(task) for p in t.pieces):
+            return texts, instruction if instruction is not None else prompt
+        return [prompt + t for t in texts], instruction
+
+    def prepare(self, inputs: Sequence[str], prompt: str | None = None, task: str | None = None, instruction: str | None = None) -> list:
+        """Each text tokenized once and laid into the templates of ``task``."""
+        texts, instruction = self._with_prompt(check_texts(inputs), prompt, task, instruction)
+        return self.engine.prepare(texts, task, instruction)
+
+    def preprocess(
+        self, inputs: Sequence[str], prompt: str | None = None, task: str | None = None, instruction: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Lay texts into the template for ``task`` ("query", "document" or None): the features of
+        one batch, as the trainer's collator and ``model.preprocess`` expect."""
+        prepared = self.prepare(inputs, prompt, task, instruction)
+        return self.engine.collate(prepared, self.engine.preset.templates(task)[0].pooling).as_features()
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        features["sentence_embedding"] = self.engine.forward(Batch.from_features(features))
+        return features
+
+    # -- save / load ------------------------------------------------------------------------
+    def get_config_dict(self) -> dict[str, Any]:
+        config = super().get_config_dict()
+        if config["tp_layers"] is not None:
+            config["tp_layers"] = list(config["tp_layers"])
+        config["requires"] = f"echo-embeddings>={__version__}"
+        return config
+
+    def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
+        self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.save_tokenizer(output_path)
+        self.save_config(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any) -> EchoEmbedder:
+        hub = {k: kwargs[k] for k in ("token", "cache_folder", "revision", "local_files_only") if k in kwargs}
+        config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub)
+        folder = cls.load_dir_path(model_name_or_path, subfolder=subfolder, **hub) or model_name_or_path
+        config.pop("requires", None)  # written for readers; not a setting
+        if config.get("strategy") in PRESETS:
+            config.pop("pooling", None)  # a named preset brings its own (0.1.0 files wrote "mean" for every preset)
+        model_kwargs = dict(kwargs.get("model_kwargs") or {})
+        dtype = model_kwargs.pop("dtype", None) or model_kwargs.pop("torch_dtype", None)
+        device = kwargs.get("device")
+        return cls(str(folder), dtype=dtype, device=device, model_kwargs=model_kwargs, **config)
+
+    def __repr__(self) -> str:
+        config = {key: getattr(self, key) for key in self.config_keys}
+        return f"EchoEmbedder({config | {'architecture': type(self.model).__name__, **self.engine.fast_paths}})"
+
+
+PROMPT_TASKS = {"query": "query", "document": "document", "passage": "document", "corpus": "document"}
+"""Prompt names that select a template: evaluation harnesses (MTEB) pass ``prompt_name="query"``."""
+
+
+def _with_batch_size(args: tuple, kwargs: dict[str, Any], position: int) -> None:
+    """Our default batch cap (the token budget decides below it) unless the caller gave one."""
+    if len(args) <= position:
+        kwargs.setdefault("batch_size", DEFAULT_BATCH_SIZE)
+
+
+class EchoSentenceTransformer(SentenceTransformer):
+    """A SentenceTransformer whose local encoding sorts texts by token count and fills batches to
+    the engine's token budget, runs the whole module list, and restores input order. It checks
+    every input before any model work and maps the ``query``/``document`` prompt names to their
+    templates. ``batch_size`` defaults to 256: a cap, below which the token budget decides."""
+
+    def encode(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        if inputs is None:
+            if "sentences" not in kwargs:
+                raise TypeError("encode() needs the texts to embed: model.encode(['a text', ...])")
+            inputs = kwargs.pop("sentences")  # the older keyword
+        if not isinstance(inputs, str):
+            inputs = check_texts(inputs)
+        if "task" not in kwargs and kwargs.get("prompt_name") in PROMPT_TASKS:
+            kwargs["task"] = PROMPT_TASKS[kwargs["prompt_name"]]
+        _with_batch_size(args, kwargs, 2)
+        return super().encode(inputs, *args, **kwargs)
+
+    def encode_query(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        _with_batch_size(args, kwargs, 2)
+        return super().encode_query(inputs, *args, **kwargs)
+
+    def encode_document(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        _with_batch_size(args, kwargs, 2)
+        return super().encode_document(inputs, *args, **kwargs)
+
+    @torch.inference_mode()
+    def _inference(
+        self,
+        inputs: list,
+        *,
+        prompt: str | None,
+        batch_size: int,
+        show_progress_bar: bool,
+        output_value: str | None,
+        save_to_cpu: bool,
+        normalize_embeddings: bool,
+        truncate_dim: int | None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        first = self[0] if len(self) else None
+        if output_value != "sentence_embedding" or not isinstance(first, EchoEmbedder):
+            return super()._inference(
+                inputs, prompt=prompt, batch_size=batch_size, show_progress_bar=show_progress_bar, output_value=output_value,
+                save_to_cpu=save_to_cpu, normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim, device=device, **kwargs,
+            )
+        device = self._resolve_inference_device(device)
+        self.eval()
+        task = kwargs.get("task")
+        prepared = first.prepare(inputs, prompt, task, kwargs.get("instruction"))
+
+        def forward(batch: Batch) -> torch.Tensor:
+            embeddings = self(batch_to_device(batch.as_features(), device), **kwargs)["sentence_embedding"]
+            if truncate_dim is not None:
+                embeddings = truncate_embeddings(embeddings, truncate_dim)
+            if normalize_embeddings:
+                embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
+            return embeddings.cpu() if save_to_cpu else embeddings
+
+        with tqdm(total=len(inputs), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+            return first.engine.embed_prepared(
+                prepared, forward, pooling=first.engine.preset.templates(task)[0].pooling, batch_size=batch_size, progress=bar
+            )
+
+    def stream(
+        self, texts: Iterable[str], *, chunk_size: int = 4096, show_progress_bar: bool = False, **encode_options: Any
+    ) -> Iterator[np.ndarray]:
+        """Encode an iterable of any length ``chunk_size`` texts at a time, yielding arrays in
+        input order; the input is read lazily, so memory stays bounded. Write the result to disk
+        with ``echo_embeddings.save_npy(model.stream(texts), "vectors.npy")``."""
+        encode_options.setdefault("convert_to_numpy", True)
+        with tqdm(total=known_length(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+            for chunk in chunked(texts, chunk_size):
+                yield self.encode(chunk, show_progress_bar=False, **encode_options)
+                bar.update(len(chunk))
+
+
+def is_saved_model(path: str | os.PathLike) -> bool:
+    """A folder written by ``save`` whose modules are all ours or sentence-transformers' own."""
+    modules = Path(path) / "modules.json"
+    if not modules.is_file():
+        return False
+    types = [m["type"] for m in json.loads(modules.read_text(encoding="utf-8"))]
+    return any(t.startswith("echo_embeddings.") for t in types) and all(
+        t.startswith(("echo_embeddings.", "sentence_transformers.")) for t in types
+    )
