@@ -15,6 +15,7 @@ measured in this run. The last lines compare (c) with the package's unoptimized 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import csv
 import os
 import threading
@@ -28,9 +29,10 @@ from reference_echo import reference_echo
 from torch import nn
 
 import echo_embeddings
-from echo_embeddings import Embedder, LayerPlan, get_preset
-from echo_embeddings.engine import _shared_prefix
-from echo_embeddings.hooks import decoder_layers, resolve_output_layer, tp_defaults
+from echo_embeddings import Engine
+from echo_embeddings.batching import shared_prefix
+from echo_embeddings.forward import decoder_layers, resolve_output_layer
+from echo_embeddings.model_defaults import tp_defaults
 from echo_embeddings.loading import resolve
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb_dev.tsv"
@@ -140,12 +142,12 @@ def layer_flops(model: nn.Module) -> tuple[float, int]:
     return 2.0 * weights, width
 
 
-def package_cost(engine: Embedder, texts: list[str]) -> Cost:
-    layers = resolve_output_layer(engine.model, engine.plan.output_layer)[0]
+def package_cost(engine: Engine, texts: list[str]) -> Cost:
+    layers = resolve_output_layer(engine.model, engine.output_layer)[0]
     per_token, width = layer_flops(engine.model)
     cost = Cost()
     for item in engine.prepare(texts):
-        cached = len(_shared_prefix(list(item))) if engine.prefix_cache else 0
+        cached = len(shared_prefix(list(item))) if engine.fast_paths["prefix_cache"] == "on" else 0
         for row in item:
             cost.add(len(row.ids), cached, layers, per_token, width)
     return cost
@@ -167,7 +169,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     folder = resolve(args.model)
     st = echo_embeddings.load(folder, "echo")
-    base = st[0].embedder
+    base = st[0].engine
     model, tokenizer, device = base.model, base.tokenizer, base.device
     dtype = next(model.parameters()).dtype
     per_token, width = layer_flops(model)
@@ -191,26 +193,27 @@ def main() -> None:
         for ids in stock.tokenizer(texts, add_special_tokens=True)["input_ids"]:
             cost.add(len(ids), 0, n_layers, per_token, width)
         rows["(a) sentence-transformers mean, no prompt"] = (lambda t: stock.encode(t, batch_size=args.batch_size), cost)
-    echo = Embedder(model, tokenizer, get_preset("echo"))
+    echo = Engine(model, tokenizer, "echo")
     if "b" in wanted:
         rows["(b) reference echo (fixed batches, no cache)"] = (lambda t: reference_echo(model, tokenizer, t, args.batch_size), package_cost(echo, texts))
-    engines: dict[str, Embedder] = {}
+    engines: dict[str, Engine] = {}
     if "c" in wanted:
+        # Through the model's encode: the path every surface (LangChain, LlamaIndex, the CLI) takes.
+        rows["(c) echo"] = (lambda t: st.encode(t), package_cost(echo, texts))
         engines["(c) echo"] = echo
     if "c-padded" in wanted:
-        engines["(c) echo, padded batches (packing off)"] = Embedder(model, tokenizer, get_preset("echo"), packing=False)
+        engines["(c) echo, padded batches (packing off)"] = Engine(model, tokenizer, "echo", packing=False)
     if "d" in wanted:
-        engines["(d) prompteol"] = Embedder(model, tokenizer, get_preset("prompteol"))
+        engines["(d) prompteol"] = Engine(model, tokenizer, "prompteol")
         tp = tp_defaults(model, "prompteol+tp")
-        engines[f"(d) prompteol+tp {tp.tp_start}..{tp.tp_stop - 1} @ {tp.output_layer}"] = Embedder(
-            model, tokenizer, get_preset("prompteol+tp"), LayerPlan(tp.output_layer, False, tp.tp_start, tp.tp_stop)
-        )
-        engines["(d) prompteol @ same layer, no tp"] = Embedder(model, tokenizer, get_preset("prompteol"), LayerPlan(tp.output_layer))
+        engines[f"(d) prompteol+tp {tp.tp_start}..{tp.tp_stop - 1} @ {tp.output_layer}"] = Engine(model, tokenizer, "prompteol+tp")
+        engines["(d) prompteol @ same layer, no tp"] = Engine(model, tokenizer, "prompteol", output_layer=tp.output_layer)
     if "e" in wanted:
         exit_at = resolve_output_layer(model, args.early_exit)[0]
-        engines[f"(e) echo, early exit at hidden state {exit_at}/{n_layers}"] = Embedder(model, tokenizer, get_preset("echo"), LayerPlan(args.early_exit))
+        engines[f"(e) echo, early exit at hidden state {exit_at}/{n_layers}"] = Engine(model, tokenizer, "echo", output_layer=args.early_exit)
     for name, engine in engines.items():
-        rows[name] = (lambda t, engine=engine: engine.encode(t), package_cost(engine, texts))  # the package's own batching
+        if name not in rows:
+            rows[name] = (lambda t, engine=engine: engine.encode(t), package_cost(engine, texts))  # the package's own batching
 
     peak = matmul_peak(device, dtype)
     for run, _ in rows.values():  # warm up every path (allocator, kernels, prefix cache)
@@ -228,6 +231,10 @@ def main() -> None:
     print(f"\n{args.model} on {device} ({str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads), {len(texts)} texts from {args.data.name}{' (file repeated)' if repeated else ''}")
     print(f"(a), (b): batches of {args.batch_size}; the package: token-count sorted batches within its token budget")
     print(f"matmul peak measured now: {peak / 1e9:.1f} GFLOP/s")
+    versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "sentence-transformers")}
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    for name, engine in engines.items():
+        print(f"fast paths of {name}: {engine.fast_paths}")
     reference = next((s for n, (s, _, _) in results.items() if n.startswith("(a)")), None)
     header = f"{'row':52s} {'seconds':>8s} {'texts/s':>8s} {'tok/s':>8s} {'peak MiB':>9s} {'vs (a)':>7s} {'MFU':>6s}"
     print(header + "\n" + "-" * len(header))
@@ -244,7 +251,7 @@ def main() -> None:
 
     sample = texts[: args.check]
     fast = echo.encode(sample)
-    unoptimized = Embedder(model, tokenizer, get_preset("echo"), prefix_cache=False, packing=False)
+    unoptimized = Engine(model, tokenizer, "echo", prefix_cache=False, packing=False)
     slow = torch.cat([unoptimized.forward(unoptimized.collate(unoptimized.prepare(sample[i : i + 32]), "mean")) for i in range(0, len(sample), 32)])
     cosine = nn.functional.cosine_similarity(fast, slow.float().cpu())
     print(f"(c) vs the unoptimized path on {len(sample)} texts: min cosine {cosine.min():.6f}, max |diff| {(fast - slow.cpu()).abs().max():.2e}")

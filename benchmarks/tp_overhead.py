@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 import echo_embeddings
-from echo_embeddings import Embedder, LayerPlan
-from echo_embeddings.hooks import decoder_layers
+from echo_embeddings import Engine
+from echo_embeddings.forward import decoder_layers
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb_dev.tsv"
 
@@ -30,14 +30,14 @@ def main() -> None:
 
     lines = DATA.read_text(encoding="utf-8").splitlines()[1:]
     texts = [line.split("\t")[1] for line in lines][: args.texts]
-    base = echo_embeddings.load(args.model, "prompteol")[0].embedder
+    base = echo_embeddings.load(args.model, "prompteol")[0].engine
     n = len(decoder_layers(base.model))
     eol, eol_tp = echo_embeddings.get_preset("prompteol"), echo_embeddings.get_preset("prompteol+tp")
     rows = {
-        "prompteol, final layer": Embedder(base.model, base.tokenizer, eol),
-        f"prompteol+tp 1..{n // 4}, final layer": Embedder(base.model, base.tokenizer, eol_tp, LayerPlan(-1, False, 1, n // 4 + 1)),
-        f"prompteol, hidden state {3 * n // 4}": Embedder(base.model, base.tokenizer, eol, LayerPlan(3 * n // 4)),
-        f"prompteol, hidden state {n // 2}": Embedder(base.model, base.tokenizer, eol, LayerPlan(n // 2)),
+        "prompteol, final layer": Engine(base.model, base.tokenizer, eol),
+        f"prompteol+tp 1..{n // 4}, final layer": Engine(base.model, base.tokenizer, eol_tp, tp_layers=(1, n // 4 + 1), output_layer=-1),
+        f"prompteol, hidden state {3 * n // 4}": Engine(base.model, base.tokenizer, eol, output_layer=3 * n // 4),
+        f"prompteol, hidden state {n // 2}": Engine(base.model, base.tokenizer, eol, output_layer=n // 2),
     }
     best = dict.fromkeys(rows, float("inf"))
     torch.set_grad_enabled(False)

@@ -18,8 +18,8 @@ import torch
 from scipy.stats import spearmanr
 
 import echo_embeddings
-from echo_embeddings import Embedder, LayerPlan
-from echo_embeddings.hooks import decoder_layers, final_norm
+from echo_embeddings import Engine
+from echo_embeddings.forward import decoder_layers, final_norm
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -30,7 +30,7 @@ def read_pairs(path: Path, limit: int) -> tuple[list[str], list[str], np.ndarray
 
 
 @torch.inference_mode()
-def all_layers(embedder: Embedder, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+def all_layers(embedder: Engine, texts: list[str], batch_size: int = 32) -> torch.Tensor:
     """``[layers + 1, texts, dim]``: the pooled last token after every layer (index 0 = embeddings)."""
     layers = decoder_layers(embedder.model)
     out = torch.zeros(len(layers) + 1, len(texts), embedder.hidden_size)
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = echo_embeddings.load(args.model, "prompteol")
-    base = model[0].embedder
+    base = model[0].engine
     n = len(decoder_layers(base.model))
     ranges = [tuple(int(x) for x in r.split("-")) for r in args.ranges.split(",")] if args.ranges else [(1, n // 8 + 1), (1, n // 4 + 1)]
     sets = {name: read_pairs(DATA / f"{name}.tsv", args.pairs) for name in ("stsb_dev", "sick_trial")}
@@ -78,7 +78,7 @@ def main() -> None:
     for preset_name in args.presets.split(","):
         for tp in [(0, 0), *ranges]:
             name = preset_name if tp == (0, 0) else f"{preset_name}+tp"
-            embedder = Embedder(base.model, base.tokenizer, echo_embeddings.get_preset(name), LayerPlan(-1, False, *tp), prefix_cache=False)  # every layer's states of the whole prompt
+            embedder = Engine(base.model, base.tokenizer, name, tp_layers=tp if name.endswith("+tp") else None, output_layer=-1, prefix_cache=False)  # every layer's states of the whole prompt
             per_set = []
             for a, b, gold in sets.values():
                 states = all_layers(embedder, a + b)

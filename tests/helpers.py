@@ -116,6 +116,22 @@ def save_tiny_model(folder: str | Path, arch: str = "llama", seed: int = 0) -> P
     return Path(folder)
 
 
+def save_dense_model(folder: str | Path, strategy: str = "echo") -> Path:
+    """A saved echo model whose module list goes on after the echo module (Dense 32 -> 8, then
+    Normalize), as users extend models in sentence-transformers; returns its folder."""
+    import echo_embeddings
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    folder = Path(folder)
+    base = echo_embeddings.load(str(save_tiny_model(folder / "decoder")), strategy, device="cpu")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        dense = Dense(32, 8)
+    model = echo_embeddings.EchoSentenceTransformer(modules=[base[0], dense, Normalize()], device="cpu", prompts={"query": "", "document": ""})
+    model.save(str(folder / "dense"))
+    return folder / "dense"
+
+
 async def loop_ticks_during(awaitable: Awaitable[T]) -> tuple[T, int]:
     """Await ``awaitable`` while counting event-loop turns: a blocking call leaves the count near 0."""
     ticks = 0

@@ -10,12 +10,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
 import echo_embeddings
 from echo_embeddings import EchoEmbedder, EchoSentenceTransformer, Engine
 from echo_embeddings.packing import IMPLEMENTATION
-from helpers import save_tiny_model, tiny_decoder
+from helpers import save_dense_model, tiny_decoder
 
 TEXTS = ["A man is playing a guitar.", "Hi", "", "Someone plays an instrument on the stage while the crowd sings along."]
 
@@ -100,22 +99,11 @@ def test_an_engine_built_for_a_tp_strategy_runs_its_tp_layers(make_model) -> Non
     assert not torch.allclose(engine.encode(TEXTS), base.encode(TEXTS))
 
 
-def dense_model(folder, strategy: str = "echo") -> EchoSentenceTransformer:
-    """A saved model whose module list goes on after the echo module: Dense 32 -> 8, Normalize."""
-    base = echo_embeddings.load(str(save_tiny_model(folder / "decoder")), strategy, device="cpu")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        dense = Dense(32, 8)
-    model = EchoSentenceTransformer(modules=[base[0], dense, Normalize()], device="cpu", prompts={"query": "", "document": ""})
-    model.save(str(folder / "dense"))
-    return echo_embeddings.load(str(folder / "dense"), device="cpu")
-
-
 def test_every_surface_runs_the_whole_module_list(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from echo_embeddings import cli
     from echo_embeddings.adapter_cache import shared_model
 
-    model = dense_model(tmp_path)
+    model = echo_embeddings.load(str(save_dense_model(tmp_path)), device="cpu")
     expected = model.encode(TEXTS, convert_to_tensor=True)
     assert expected.shape == (4, 8) and torch.allclose(expected.norm(dim=1), torch.ones(4), atol=1e-5)
     queries = model.encode_query(TEXTS, convert_to_tensor=True)
