@@ -132,6 +132,20 @@ def save_dense_model(folder: str | Path, strategy: str = "echo") -> Path:
     return folder / "dense"
 
 
+def assert_same_as_the_saved_model(folder: str | Path, embed_documents: Callable[[list[str]], list], embed_query: Callable[[str], list]) -> None:
+    """An adapter's document and query vectors equal the saved model's ``encode_document`` /
+    ``encode_query`` (its whole module list), to 1e-5."""
+    import echo_embeddings
+
+    model = echo_embeddings.load(str(folder), device="cpu")
+    texts = ["A man is playing a guitar.", "", "Dogs run."]
+    documents = torch.tensor(embed_documents(texts))
+    assert documents.shape == (3, model.get_embedding_dimension())
+    assert (documents - model.encode_document(texts, convert_to_tensor=True)).abs().max() <= 1e-5
+    query = torch.tensor(embed_query("what plays music?"))
+    assert (query - model.encode_query(["what plays music?"], convert_to_tensor=True)[0]).abs().max() <= 1e-5
+
+
 async def loop_ticks_during(awaitable: Awaitable[T]) -> tuple[T, int]:
     """Await ``awaitable`` while counting event-loop turns: a blocking call leaves the count near 0."""
     ticks = 0

@@ -14,7 +14,7 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 import echo_embeddings
 from echo_embeddings import PRESETS, adapter_cache as shared
-from helpers import loop_ticks_during, save_dense_model, save_tiny_model
+from helpers import assert_same_as_the_saved_model, loop_ticks_during, save_dense_model, save_tiny_model
 from langchain_echo_embeddings import EchoEmbeddings
 
 _DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))
@@ -110,14 +110,9 @@ def test_retriever_returns_the_relevant_document_first() -> None:
         assert retriever.invoke(query)[0].page_content == DOCUMENTS[index], query
 
 
+
 def test_a_saved_model_runs_its_whole_module_list(tmp_path) -> None:
-    """A Dense projection and Normalize after the echo module apply here exactly as in sentence-transformers."""
+    """A Dense projection (32 -> 8) and Normalize after the echo module apply here exactly as in sentence-transformers."""
     folder = str(save_dense_model(tmp_path))
-    model = echo_embeddings.load(folder, device="cpu")
-    embeddings = EchoEmbeddings(model=folder, device="cpu")
-    texts = ["A man is playing a guitar.", "", "Dogs run."]
-    documents = torch.tensor(embeddings.embed_documents(texts))
-    assert documents.shape == (3, 8)
-    assert (documents - model.encode_document(texts, convert_to_tensor=True)).abs().max() <= 1e-5
-    query = torch.tensor(embeddings.embed_query("what plays music?"))
-    assert (query - model.encode_query(["what plays music?"], convert_to_tensor=True)[0]).abs().max() <= 1e-5
+    adapter = EchoEmbeddings(model=folder, device="cpu")
+    assert_same_as_the_saved_model(folder, adapter.embed_documents, adapter.embed_query)

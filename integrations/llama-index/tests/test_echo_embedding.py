@@ -15,7 +15,7 @@ from llama_index.core.node_parser import SentenceSplitter
 
 import echo_embeddings
 from echo_embeddings import PRESETS
-from helpers import loop_ticks_during, save_dense_model, save_tiny_model
+from helpers import assert_same_as_the_saved_model, loop_ticks_during, save_dense_model, save_tiny_model
 from llama_index.embeddings.echo import EchoEmbedding
 
 _DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))
@@ -126,14 +126,9 @@ def test_vector_index_returns_the_relevant_node_first() -> None:
         Settings._embed_model = previous
 
 
+
 def test_a_saved_model_runs_its_whole_module_list(tmp_path) -> None:
-    """A Dense projection and Normalize after the echo module apply here exactly as in sentence-transformers."""
+    """A Dense projection (32 -> 8) and Normalize after the echo module apply here exactly as in sentence-transformers."""
     folder = str(save_dense_model(tmp_path))
-    model = echo_embeddings.load(folder, device="cpu")
-    embedding = EchoEmbedding(model_name=folder, device="cpu")
-    texts = ["A man is playing a guitar.", "", "Dogs run."]
-    documents = torch.tensor(embedding.get_text_embedding_batch(texts))
-    assert documents.shape == (3, 8)
-    assert (documents - model.encode_document(texts, convert_to_tensor=True)).abs().max() <= 1e-5
-    query = torch.tensor(embedding.get_query_embedding("what plays music?"))
-    assert (query - model.encode_query(["what plays music?"], convert_to_tensor=True)[0]).abs().max() <= 1e-5
+    adapter = EchoEmbedding(model_name=folder, device="cpu")
+    assert_same_as_the_saved_model(folder, adapter.get_text_embedding_batch, adapter.get_query_embedding)
