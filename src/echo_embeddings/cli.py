@@ -33,10 +33,19 @@ MAIN_METRIC = {"sts": "spearman", "retrieval": "ndcg@10", "classification": "acc
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echo-embeddings", description="Training-free sentence embeddings from causal LMs.")
     commands = parser.add_subparsers(dest="command", required=True)
-    embed = commands.add_parser("embed", help="embed a text file (one text per line, or a TSV/CSV column) into a .npy file")
-    embed.add_argument("input", help="text file, TSV or CSV ('-' reads stdin)")
-    embed.add_argument("--out", required=True, help="the .npy file to write: float32 [texts, dim], input order")
-    embed.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header instead of whole lines")
+    embed = commands.add_parser(
+        "embed", help="embed a text file into a .npy file, or with --ray files and folders into Parquet on a Ray cluster"
+    )
+    embed.add_argument("input", nargs="+", help="text file, TSV or CSV ('-' reads stdin); with --ray also JSONL, Parquet and folders")
+    embed.add_argument("--out", required=True, help="the .npy file to write (float32 [texts, dim], input order); with --ray a Parquet folder")
+    embed.add_argument("--column", default=None, help="read this column (a TSV/CSV with a header; with --ray also JSONL/Parquet; default there: text)")
+    ray_group = embed.add_argument_group("scale-out on Ray Data")
+    ray_group.add_argument("--ray", action="store_true", help="run on Ray: a local one, or the cluster at --address / $RAY_ADDRESS")
+    ray_group.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    ray_group.add_argument("--actors", type=int, default=1, help="model replicas (Ray actors); one per GPU on a cluster (default: %(default)s)")
+    ray_group.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs reserved per actor (default: %(default)s)")
+    ray_group.add_argument("--id-column", default=None, help="take row ids from this column (default: file name and row number)")
+    ray_group.add_argument("--keep-text", action="store_true", help="write the text column next to id and embedding")
     embed.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
     embed.add_argument("--strategy", default=None, help="preset or template (default: echo, or a saved model's own)")
     embed.add_argument("--task", choices=["sentence", "query", "document"], default="sentence", help="which template (default: %(default)s)")
@@ -219,9 +228,38 @@ def load_model(name: str | None, strategy: str | None, device: str | None) -> An
     return echo_embeddings.load(name, strategy or "echo", device=device)
 
 
+def embed_on_ray(args: argparse.Namespace) -> None:
+    import os
+
+    from echo_embeddings import ray as echo_ray
+
+    ray = echo_ray._require_ray()
+    options: dict[str, Any] = {"model": args.model, "strategy": args.strategy, "normalize": args.normalize, "batch_size": args.batch_size}
+    if args.task != "sentence":
+        options["task"] = args.task
+    if args.device:
+        options["device"] = args.device
+    if args.max_batch_tokens is not None:
+        options["max_batch_tokens"] = args.max_batch_tokens
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    try:
+        rows = echo_ray.embed_corpus(
+            args.input, args.out, actors=args.actors, gpus_per_actor=args.gpus_per_actor, text_column=args.column or "text",
+            id_column=args.id_column, keep_text=args.keep_text, **options,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise ev.DataError(str(error)) from error
+    print(f"wrote {rows} rows (id, embedding{', text' if args.keep_text else ''}) as Parquet to {args.out}")
+
+
 def embed(args: argparse.Namespace) -> None:
     from echo_embeddings.streaming import save_npy
 
+    if args.ray:
+        return embed_on_ray(args)
+    if len(args.input) != 1:
+        raise ev.DataError(f"embed takes one input file without --ray, got {len(args.input)}")
+    args.input = args.input[0]
     if not args.input == "-" and not Path(args.input).is_file():
         raise ev.DataError(f"no such file: {args.input}")
     model = load_model(args.model, args.strategy, args.device)

@@ -1,0 +1,285 @@
+"""Scale-out on Ray Data: embed corpora larger than one machine, with the same vectors.
+
+Install with ``pip install "echo-embeddings[ray]"``. :class:`EchoEmbedBatches` is a callable class
+for ``Dataset.map_batches``: each actor loads the model once, and every Ray batch goes through
+the model's ``encode`` (token-count sorting, the token budget, the whole module list), so a row's
+vector is exactly the one a single process computes::
+
+    import ray
+    from echo_embeddings.ray import EchoEmbedBatches
+
+    ds = ray.data.read_parquet("s3://bucket/corpus/")            # any dataset with a text column
+    ds = ds.map_batches(
+        EchoEmbedBatches,
+        fn_constructor_kwargs={"model": "smollm2-135m", "strategy": "echo", "task": "document"},
+        compute=ray.data.ActorPoolStrategy(size=4),               # one actor per GPU on a cluster
+        batch_size=1024,
+        num_gpus=1,
+    )
+    ds.write_parquet("s3://bucket/vectors/")
+
+:func:`read_corpus` reads text, JSONL, CSV/TSV and Parquet files or folders inside Ray tasks and
+gives every row an ``id`` (the file and row number, or a column of the data), so the output can
+be joined back to the input whatever order Ray finishes in. :func:`embed_corpus` is what
+``echo-embeddings embed --ray`` runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUFFIXES = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+READ_CPUS = 0
+"""CPUs reserved per file-reading task: none, so reading never waits for the cores the embedding
+actors hold (it is mostly I/O), and the differing reservation keeps Ray from fusing the two stages."""
+MIN_SPLIT_BYTES = 1 << 20
+"""A text or JSONL file is cut into ranges of at least this many bytes."""
+DEFAULT_RAY_BATCH = 1024
+"""Rows per Ray batch: large enough that the model's own length sorting has room to work."""
+
+
+def _require_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError('The Ray path needs Ray Data: pip install "echo-embeddings[ray]"') from None
+    return ray
+
+
+class BadRowError(ValueError):
+    """A row that cannot be embedded; the message names its id and what was expected."""
+
+
+class EchoEmbedBatches:
+    """A callable class for ``Dataset.map_batches``: the model is loaded once per actor.
+
+    Args:
+        model: alias, Hugging Face id, folder, ``.gguf`` file or saved echo model (a fine-tuned
+            one included; it keeps its own strategy and module list).
+        strategy: preset or template string; None keeps a saved model's own, else ``echo``.
+        task: ``"query"``, ``"document"`` or None (symmetric) — which template embeds the rows.
+        text_column, id_column, embedding_column: the batch columns read and written. A batch
+            without ``id_column`` is fine; errors then name the row's position in the batch.
+        normalize: unit-length vectors.
+        batch_size: most texts per forward inside the actor; the token budget usually decides.
+        device, options: where to load the model, and :class:`~echo_embeddings.EchoEmbedder`
+            settings (``output_layer``, ``max_seq_length``, ``max_batch_tokens``, ...).
+
+    ``__call__`` takes a batch (a dict of numpy arrays, Ray's ``numpy`` batch format) and returns
+    it with ``embedding_column`` added: float32 ``[rows, dim]``, one row per input row.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        strategy: str | None = None,
+        *,
+        task: str | None = None,
+        text_column: str = "text",
+        id_column: str = "id",
+        embedding_column: str = "embedding",
+        normalize: bool = False,
+        batch_size: int = 256,
+        device: str | None = None,
+        **options: Any,
+    ) -> None:
+        from .loading import DEFAULT_MODEL
+        from .sentence_transformer import is_saved_model
+
+        if task not in (None, "query", "document"):
+            raise ValueError(f"task must be 'query', 'document' or None, got {task!r}")
+        model = model or DEFAULT_MODEL
+        from . import load
+
+        if is_saved_model(model):
+            if strategy is not None or options:
+                raise ValueError(f"{model} is a saved echo model with its own settings; pass no strategy or options")
+            self.model = load(model, device=device)
+        else:
+            self.model = load(model, strategy or "echo", device=device, **options)
+        self.task, self.text_column, self.id_column, self.embedding_column = task, text_column, id_column, embedding_column
+        self.normalize, self.batch_size = normalize, batch_size
+
+    def texts(self, batch: dict[str, np.ndarray]) -> list[str]:
+        """The batch's texts, checked: a missing column or a non-string value names the row id."""
+        if self.text_column not in batch:
+            ids = batch.get(self.id_column)
+            first = f" (first row id {ids[0]!r})" if ids is not None and len(ids) else ""
+            raise BadRowError(f"The batch has no {self.text_column!r} column{first}; its columns are {sorted(batch)}")
+        texts = batch[self.text_column]
+        ids = batch.get(self.id_column)
+        out = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                where = f"row id {ids[i]!r}" if ids is not None else f"row {i} of the batch"
+                raise BadRowError(f"{where}: {self.text_column!r} is {type(text).__name__} ({text!r:.60}); every text must be a str")
+            out.append(text)
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = self.texts(batch)
+        options = {"task": self.task} if self.task else {}
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=self.normalize, convert_to_numpy=True, **options
+        )
+        return {**batch, self.embedding_column: np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)}
+
+
+# -- reading files inside Ray tasks ----------------------------------------------------------
+
+
+def corpus_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Files named, and the corpus files below folders named (by suffix), in a stable order."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{path} holds no {'/'.join(SUFFIXES)} files")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in SUFFIXES:
+                raise ValueError(f"{path}: unknown file type; expected one of {', '.join(SUFFIXES)}")
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"No such file or folder: {path}")
+    return files
+
+
+def _splits(path: Path, pieces: int) -> list[dict[str, Any]]:
+    """Line-aligned byte ranges of a text or JSONL file (about ``pieces`` of them), each with the
+    line number it starts at; CSV/TSV (quoted fields may hold newlines) and Parquet stay whole.
+    Only the driver's newline count at the boundaries reads the file here."""
+    kind = SUFFIXES[path.suffix.lower()]
+    size = path.stat().st_size
+    if kind not in ("text", "jsonl") or pieces <= 1 or size < 2 * MIN_SPLIT_BYTES:
+        return [{"path": str(path.resolve()), "start": 0, "end": -1, "line": 1}]
+    step = max(MIN_SPLIT_BYTES, -(-size // pieces))
+    splits, start, line = [], 0, 1
+    with path.open("rb") as f:
+        while start < size:
+            f.seek(min(start + step, size))
+            f.readline()  # a line belongs to the range its first byte is in
+            end = min(f.tell(), size)
+            splits.append({"path": str(path.resolve()), "start": start, "end": end, "line": line})
+            f.seek(start)
+            line += f.read(end - start).count(b"\n")
+            start = end
+    return splits
+
+
+def _rows(split: dict[str, Any], text_column: str, id_column: str | None) -> Iterator[tuple[str, Any]]:
+    """``(id, text)`` for every row of one split; ids are ``file:row`` (the line number for text and
+    JSONL, the data row for CSV/TSV, the row for Parquet) unless ``id_column`` is given."""
+    path = Path(split["path"])
+    kind = SUFFIXES[path.suffix.lower()]
+    name = path.name
+
+    def identify(number: int, row: dict[str, Any]) -> str:
+        if id_column is None:
+            return f"{name}:{number}"
+        if id_column not in row:
+            raise BadRowError(f"{name}:{number} has no {id_column!r} column; its columns are {sorted(row)}")
+        return str(row[id_column])
+
+    def text_of(number: int, row: dict[str, Any]) -> Any:
+        if text_column not in row:
+            raise BadRowError(f"row id {identify(number, row)!r} ({name}:{number}) has no {text_column!r} field; it has {sorted(row)}")
+        return row[text_column]
+
+    if kind in ("text", "jsonl"):
+        with path.open("rb") as f:
+            f.seek(split["start"])
+            end = split["end"] if split["end"] >= 0 else float("inf")
+            number = split["line"]
+            while f.tell() < end and (raw := f.readline()):
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if kind == "text":
+                    yield f"{name}:{number}", line
+                elif line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise BadRowError(f"{name}:{number} is not a JSON object")
+                    yield identify(number, row), text_of(number, row)
+                number += 1
+    elif kind in ("csv", "tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="," if kind == "csv" else "\t")
+            for number, row in enumerate(reader, 1):
+                yield identify(number, row), text_of(number, row)
+    else:
+        import pyarrow.parquet as pq
+
+        number = 0
+        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in record_batch.to_pylist():
+                number += 1
+                yield identify(number, row), text_of(number, row)
+
+
+def _read_files(batch: dict[str, np.ndarray], text_column: str, id_column: str | None, rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray task: file splits into batches of ``{id, text}`` rows, streamed."""
+    ids: list[str] = []
+    texts: list[Any] = []
+    for split in batch["split"]:
+        for row_id, text in _rows(split, text_column, id_column):
+            ids.append(row_id)
+            texts.append(text)
+            if len(ids) == rows_per_batch:
+                yield {"id": np.array(ids, dtype=object), "text": np.array(texts, dtype=object)}
+                ids, texts = [], []
+    if ids:
+        yield {"id": np.array(ids, dtype=object), "text": np.array(texts, dtype=object)}
+
+
+def read_corpus(
+    paths: Sequence[str | Path], *, text_column: str = "text", id_column: str | None = None, splits_per_file: int = 1, rows_per_batch: int = 4096
+) -> Any:
+    """A Ray ``Dataset`` of ``{id, text}`` rows from text (one text per line), JSONL, CSV/TSV and
+    Parquet files or folders. Files are read inside Ray tasks, streamed; text and JSONL files of
+    more than a few MiB are cut into about ``splits_per_file`` line-aligned ranges so that a single
+    large file feeds every actor (an actor gets whole reading tasks' output)."""
+    ray = _require_ray()
+    splits = [s for f in corpus_files(paths) for s in _splits(f, splits_per_file)]
+    return ray.data.from_items([{"split": s} for s in splits], override_num_blocks=len(splits)).map_batches(
+        _read_files, fn_kwargs={"text_column": text_column, "id_column": id_column, "rows_per_batch": rows_per_batch},
+        batch_size=1, num_cpus=READ_CPUS,
+    )
+
+
+def embed_corpus(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    actors: int = 1,
+    gpus_per_actor: float = 0,
+    batch_size: int = DEFAULT_RAY_BATCH,
+    text_column: str = "text",
+    id_column: str | None = None,
+    keep_text: bool = False,
+    **embed_options: Any,
+) -> Any:
+    """Read ``paths``, embed every row on ``actors`` Ray actors, write Parquet to ``out`` (columns
+    ``id``, ``embedding`` and, with ``keep_text``, ``text``). Returns the written dataset's row count."""
+    ray = _require_ray()
+    if actors < 1:
+        raise ValueError(f"actors must be at least 1, got {actors}")
+    ds = read_corpus(paths, text_column=text_column, id_column=id_column, splits_per_file=4 * actors)
+    ds = ds.map_batches(
+        EchoEmbedBatches,
+        fn_constructor_kwargs=embed_options,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_gpus=gpus_per_actor or None,
+    )
+    if not keep_text:
+        ds = ds.drop_columns(["text"])
+    ds.write_parquet(str(out))
+    return ray.data.read_parquet(str(out)).count()
