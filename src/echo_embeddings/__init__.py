@@ -15,6 +15,7 @@ from .presets import PRESETS, Preset, as_preset, get_preset, register_preset
 from .sentence_transformer import EchoEmbedder, EchoSentenceTransformer, is_saved_model
 from .streaming import save_npy
 from .template import Template
+from .whitening import Whitening, fit_whitening
 
 __all__ = [
     "ALIASES",
@@ -27,8 +28,10 @@ __all__ = [
     "LayerPlan",
     "Preset",
     "Template",
+    "Whitening",
     "as_preset",
     "check_texts",
+    "fit_whitening",
     "get_preset",
     "load",
     "register_alias",

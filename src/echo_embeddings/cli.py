@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--max-batch-tokens", type=int, default=None, help="token budget per batch (default: 2048 on CPU, 32768 on CUDA)")
     embed.add_argument("--chunk-size", type=int, default=4096, help="texts read and sorted at a time (bounds memory)")
     embed.add_argument("--device", default=None)
+    whiten = commands.add_parser("fit-whitening", help="fit whitening on an unlabelled corpus and save the model with it")
+    whiten.add_argument("corpus", help="text file (one text per line) or a TSV/CSV with --column; no labels are used")
+    whiten.add_argument("--model", default=None, help="alias, id, folder, .gguf or saved echo model (default: the embedded smollm2-135m)")
+    whiten.add_argument("--strategy", default=None, help="preset or template (default: echo, or a saved model's own)")
+    whiten.add_argument("--out", required=True, help="folder to save the model with its whitening module")
+    whiten.add_argument("--dim", type=int, default=None, help="kept dimensions (default: 128, or the embedding size if smaller)")
+    whiten.add_argument("--kind", choices=["pca", "center"], default="pca", help="PCA whitening or centering only (default: %(default)s)")
+    whiten.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header")
+    whiten.add_argument("--task", choices=["sentence", "query", "document"], default="document", help="template the corpus is embedded with (default: %(default)s)")
+    whiten.add_argument("--device", default=None)
     ev_parser = commands.add_parser("evaluate", help="score models and strategies on local STS, retrieval and classification data")
     ev_parser.add_argument("--model", action="append", required=True, help="alias, id, folder or .gguf; repeat or comma-separate")
     ev_parser.add_argument("--strategy", default="mean,echo,prompteol", help="comma-separated strategies (default: %(default)s)")
@@ -278,10 +288,26 @@ def embed(args: argparse.Namespace) -> None:
     print(f"wrote {rows} x {dim} float32 to {args.out}")
 
 
+def fit_whitening_command(args: argparse.Namespace) -> None:
+    from echo_embeddings.whitening import fit_whitening
+
+    if not Path(args.corpus).is_file():
+        raise ev.DataError(f"no such file: {args.corpus}")
+    model = load_model(args.model, args.strategy, args.device)
+    texts = (t for t in read_texts(args.corpus, args.column) if t.strip())
+    try:
+        fit_whitening(model, texts, args.dim, kind=args.kind, task=None if args.task == "sentence" else args.task, show_progress_bar=True)
+    except ValueError as error:
+        raise ev.DataError(str(error)) from error
+    model.save(args.out)
+    print(f"saved {args.out}: {model[-1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"embed": embed, "evaluate": evaluate, "fit-whitening": fit_whitening_command}
     try:
-        embed(args) if args.command == "embed" else evaluate(args)
+        commands[args.command](args)
     except ev.DataError as error:
         print(f"echo-embeddings: {error}", file=sys.stderr)
         return 2
