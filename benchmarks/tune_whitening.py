@@ -48,6 +48,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1000, help="pairs taken from each train-file slice")
     parser.add_argument("--fit", type=int, default=4000, help="unlabelled sentences the whitening is fitted on")
     parser.add_argument("--dims", default="32,64,128,256")
+    parser.add_argument(
+        "--fit-on", choices=["train", "each"], default="train",
+        help="train: one fit on --fit unlabelled train sentences; each: every set fitted on its own sentences (unlabelled), "
+        "as when fitting on the corpus being searched",
+    )
     args = parser.parse_args()
 
     sets = {
@@ -80,17 +85,26 @@ def main() -> None:
         every = sorted({t for a, b, _ in sets.values() for t in a + b} | set(fit_texts))
         vectors = model.encode(every, show_progress_bar=True)
         cache = dict(zip(every, vectors))
-        stats = CovarianceAccumulator(vectors.shape[1])
-        stats.update(np.stack([cache[t] for t in fit_texts]))
         score(f"{strategy} raw", lambda texts: np.stack([cache[t] for t in texts]))
         variants = [("center", None)] + [("pca", int(d)) for d in args.dims.split(",") if int(d) <= vectors.shape[1]]
+        corpora = [fit_texts] * len(sets) if args.fit_on == "train" else [sorted(set(a + b)) for a, b, _ in sets.values()]
         for kind, dim in variants:
-            module = Whitening.from_statistics(stats, dim, kind)  # type: ignore[arg-type]
-            mean, projection = module.mean.numpy(), module.projection.numpy()
-            score(f"{strategy} {kind}{'' if dim is None else f' {dim}'}", lambda texts: (np.stack([cache[t] for t in texts]) - mean) @ projection)
+            transforms = []
+            for corpus in corpora:
+                stats = CovarianceAccumulator(vectors.shape[1])
+                stats.update(np.stack([cache[t] for t in corpus]))
+                module = Whitening.from_statistics(stats, dim, kind)  # type: ignore[arg-type]
+                transforms.append((module.mean.numpy(), module.projection.numpy()))
+            label = f"{strategy} {kind}{'' if dim is None else f' {dim}'}"
+            table[label] = [
+                spearman_ci((np.stack([cache[t] for t in a]) - m) @ w, (np.stack([cache[t] for t in b]) - m) @ w, gold, rng)
+                for (a, b, gold), (m, w) in zip(sets.values(), transforms)
+            ]
+            print(f"  {label}: " + ", ".join(f"{p:.1f}" for p, _, _ in table[label]), flush=True)
 
     names = list(sets)
-    print(f"\n{args.model}; whitening fitted on {len(fit_texts)} unlabelled train sentences; Spearman x 100 [bootstrap 95% interval]")
+    fitted = f"{len(fit_texts)} unlabelled train sentences" if args.fit_on == "train" else "each set's own sentences (unlabelled)"
+    print(f"\n{args.model}; whitening fitted on {fitted}; Spearman x 100 [bootstrap 95% interval]")
     print("| configuration | " + " | ".join(names) + " | average |")
     print("|---|" + "---|" * (len(names) + 1))
     for label, cells in table.items():

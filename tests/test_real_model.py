@@ -95,3 +95,17 @@ def test_the_embedded_models_run_their_fast_paths_without_warnings(alias: str) -
     model[0].engine.prefix_cache, model[0].engine.packing = False, False
     plain = model.encode(["A man is playing a guitar.", "Dogs run."], convert_to_tensor=True)
     assert torch.nn.functional.cosine_similarity(vectors, plain).min() >= 0.9999
+
+
+def test_the_conversion_cache_is_keyed_by_the_converters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversion made by other gguf/transformers releases is not reused (one made with gguf 0.17
+    once served worse vectors to a later install)."""
+    import importlib.metadata
+
+    gguf_file = loading.ALIASES["smollm2-135m"].locate()
+    first = loading.conversion_target(gguf_file, key="k")
+    assert first == loading.conversion_target(gguf_file, key="k")
+    real_version = importlib.metadata.version
+    for package in ("gguf", "transformers"):
+        monkeypatch.setattr(importlib.metadata, "version", lambda name, p=package: "0.0.1" if name == p else real_version(name))
+        assert loading.conversion_target(gguf_file, key="k") != first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -83,11 +84,19 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
+def conversion_target(path: Path, key: str | None = None) -> Path:
+    """Where the conversion of ``path`` is cached. The file's identity and the converters are the
+    key: another gguf or transformers release may dequantize or convert the tokenizer differently,
+    and a conversion made by one must not be served to another."""
+    stat = path.stat()
+    converters = "|".join(f"{name} {importlib.metadata.version(name)}" for name in ("gguf", "transformers"))
+    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{converters}".encode()).hexdigest()[:12]
+    return cache_dir() / f"{key or path.stem}-{digest}"
+
+
 def convert_gguf(path: Path, key: str | None = None) -> Path:
     """Dequantize a GGUF file into a cached transformers folder (once; later calls only look it up)."""
-    stat = path.stat()
-    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / f"{key or path.stem}-{digest}"
+    target = conversion_target(path, key)
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModel, AutoTokenizer
