@@ -35,11 +35,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="alias, folder, or 'tiny' (a random 4-layer test decoder)")
     parser.add_argument("--strategy", default="echo")
     parser.add_argument("--texts", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=1024, help="rows per Ray batch")
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray batch")
     args = parser.parse_args()
 
     import ray
-    import torch
 
     import echo_embeddings
     from echo_embeddings.ray import embed_corpus
@@ -67,11 +66,15 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
+    cores = os.cpu_count() or 2
     for actors in (1, 2):
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // actors))
         out = work / f"out-{actors}"
         start = time.perf_counter()
-        rows = embed_corpus([corpus], out, actors=actors, batch_size=args.batch_size, model=model_name, strategy=args.strategy, device="cpu")
+        # Each actor reserves its share of the cores, and Ray gives it that many threads.
+        rows = embed_corpus(
+            [corpus], out, actors=actors, cpus_per_actor=cores / actors, batch_size=args.batch_size,
+            model=model_name, strategy=args.strategy, device="cpu",
+        )
         results[actors] = time.perf_counter() - start
         assert rows == len(texts)
         import pyarrow.parquet as pq

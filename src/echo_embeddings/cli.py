@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--ray", action="store_true", help="run on Ray: a local one, or the cluster at --address / $RAY_ADDRESS")
     ray_group.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     ray_group.add_argument("--actors", type=int, default=1, help="model replicas (Ray actors); one per GPU on a cluster (default: %(default)s)")
+    ray_group.add_argument("--cpus-per-actor", type=float, default=1, help="CPUs (and so torch threads) per actor (default: %(default)s)")
     ray_group.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs reserved per actor (default: %(default)s)")
     ray_group.add_argument("--id-column", default=None, help="take row ids from this column (default: file name and row number)")
     ray_group.add_argument("--keep-text", action="store_true", help="write the text column next to id and embedding")
@@ -254,7 +255,7 @@ def embed_on_ray(args: argparse.Namespace) -> None:
     ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
         rows = echo_ray.embed_corpus(
-            args.input, args.out, actors=args.actors, gpus_per_actor=args.gpus_per_actor, text_column=args.column or "text",
+            args.input, args.out, actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, text_column=args.column or "text",
             id_column=args.id_column, keep_text=args.keep_text, **options,
         )
     except (FileNotFoundError, ValueError) as error:

@@ -38,8 +38,9 @@ SUFFIXES = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", 
 READ_CPUS = 0
 """CPUs reserved per file-reading task: none, so reading never waits for the cores the embedding
 actors hold (it is mostly I/O), and the differing reservation keeps Ray from fusing the two stages."""
-MIN_SPLIT_BYTES = 1 << 20
-"""A text or JSONL file is cut into ranges of at least this many bytes."""
+MIN_SPLIT_BYTES = 64 << 10
+"""A text or JSONL file is cut into ranges of at least this many bytes: an actor gets whole reading
+tasks' output, so even a small file needs a few ranges to feed several actors."""
 DEFAULT_RAY_BATCH = 1024
 """Rows per Ray batch: large enough that the model's own length sorting has room to work."""
 
@@ -258,6 +259,7 @@ def embed_corpus(
     out: str | Path,
     *,
     actors: int = 1,
+    cpus_per_actor: float = 1,
     gpus_per_actor: float = 0,
     batch_size: int = DEFAULT_RAY_BATCH,
     text_column: str = "text",
@@ -266,7 +268,10 @@ def embed_corpus(
     **embed_options: Any,
 ) -> Any:
     """Read ``paths``, embed every row on ``actors`` Ray actors, write Parquet to ``out`` (columns
-    ``id``, ``embedding`` and, with ``keep_text``, ``text``). Returns the written dataset's row count."""
+    ``id``, ``embedding`` and, with ``keep_text``, ``text``). Returns the written dataset's row count.
+
+    Ray sets each actor's thread count (``OMP_NUM_THREADS``) to its CPU reservation, so on CPUs
+    ``cpus_per_actor`` is also the number of threads torch uses in each actor."""
     ray = _require_ray()
     if actors < 1:
         raise ValueError(f"actors must be at least 1, got {actors}")
@@ -277,6 +282,7 @@ def embed_corpus(
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=batch_size,
         batch_format="numpy",
+        num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor or None,
     )
     if not keep_text:
