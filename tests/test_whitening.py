@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import echo_embeddings
 from echo_embeddings import Whitening, fit_whitening

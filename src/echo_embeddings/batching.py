@@ -81,7 +81,6 @@ def pack_rows(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[
     starts = [0]
     for n in lengths:
         starts.append(starts[-1] + n)
-    total = starts[-1]
     input_ids = torch.tensor([[t for r in rows for t in r.ids]], dtype=torch.long)
     position_ids = torch.tensor([[len(prefix) + i for n in lengths for i in range(n)]], dtype=torch.long)
     last = torch.tensor([start + r.pooled[-1] for r, start in zip(rows, starts)], dtype=torch.long)
