@@ -231,12 +231,10 @@ def load_model(name: str | None, strategy: str | None, device: str | None) -> An
     """The model a command runs: a saved echo model keeps its own strategy (and its module list)."""
     import echo_embeddings
 
-    name = name or echo_embeddings.DEFAULT_MODEL
-    if echo_embeddings.is_saved_model(name):
-        if strategy is not None:
-            raise ev.DataError(f"{name} is a saved echo model with its own strategy; leave out --strategy")
-        return echo_embeddings.load(name, device=device)
-    return echo_embeddings.load(name, strategy or "echo", device=device)
+    try:
+        return echo_embeddings.load(name or echo_embeddings.DEFAULT_MODEL, strategy, device=device)
+    except ValueError as error:  # a saved model given a --strategy, an unknown strategy, ...
+        raise ev.DataError(str(error)) from error
 
 
 def embed_on_ray(args: argparse.Namespace) -> None:

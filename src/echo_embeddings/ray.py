@@ -90,20 +90,12 @@ class EchoEmbedBatches:
         device: str | None = None,
         **options: Any,
     ) -> None:
+        from . import load
         from .loading import DEFAULT_MODEL
-        from .sentence_transformer import is_saved_model
 
         if task not in (None, "query", "document"):
             raise ValueError(f"task must be 'query', 'document' or None, got {task!r}")
-        model = model or DEFAULT_MODEL
-        from . import load
-
-        if is_saved_model(model):
-            if strategy is not None or options:
-                raise ValueError(f"{model} is a saved echo model with its own settings; pass no strategy or options")
-            self.model = load(model, device=device)
-        else:
-            self.model = load(model, strategy or "echo", device=device, **options)
+        self.model = load(model or DEFAULT_MODEL, strategy, device=device, **options)
         self.task, self.text_column, self.id_column, self.embedding_column = task, text_column, id_column, embedding_column
         self.normalize, self.batch_size = normalize, batch_size
 
