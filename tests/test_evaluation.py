@@ -57,6 +57,44 @@ def test_retrieval_with_a_fake_encoder(tmp_path) -> None:
     assert scores["recall@100"] == 100.0 and scores["mrr@10"] == 100.0
 
 
+def test_chunked_retrieval_scores_a_document_by_its_best_chunk(tmp_path) -> None:
+    task = ev.read_retrieval(_beir(tmp_path))
+
+    def encode(texts: list[str], task_name: str | None) -> np.ndarray:
+        return np.array([[1.0, 0.0] if "cat" in t else [0.0, 1.0] for t in texts], dtype=np.float32)
+
+    def encode_chunks(documents: list[str]) -> list[np.ndarray]:
+        # Document 1 has one chunk about cats among others; document 2 has none.
+        return [np.array([[0.6, 0.8], [1.0, 0.0], [0.6, 0.8]]) if "cat" in d else np.array([[0.0, 1.0]]) for d in documents]
+
+    scores = ev.evaluate_retrieval(encode, task, encode_chunks)
+    assert scores["mrr@10"] == 100.0
+
+
+def test_corpus_sample_keeps_every_judged_document(tmp_path) -> None:
+    task = ev.read_retrieval(_beir(tmp_path))
+    big = ev.Retrieval(task.name, {**task.corpus, **{f"x{i}": f"filler {i}" for i in range(20)}}, task.queries, task.qrels)
+    sample = ev.sample_corpus(big, 7)
+    assert len(sample.corpus) == 7 and {"1", "2"} <= set(sample.corpus)
+    assert ev.sample_corpus(big, 7).corpus == sample.corpus  # seeded
+    assert set(ev.sample_corpus(big, 1).corpus) == {"1", "2"}
+
+
+def test_cli_chunked_retrieval(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    model = str(save_tiny_model(tmp_path / "tiny"))
+    argv = ["evaluate", "--model", model, "--strategy", "echo", "--retrieval", _beir(tmp_path), "--chunking", "late", "--chunk-tokens", "4", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(report["results"]) == {f"{model}/echo/late-4"}
+    monkeypatch.setattr("echo_embeddings.engine.Engine.forward", lambda *a: pytest.fail("recomputed cached chunk vectors"))
+    assert cli.main(argv) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["results"] == report["results"]
+    monkeypatch.undo()
+    argv[argv.index("echo")] = "prompteol"
+    assert cli.main(argv) == 2
+    assert "--chunking late: Late chunking pools token spans" in capsys.readouterr().err
+
+
 def _beir(tmp_path) -> str:
     folder = tmp_path / "toy-beir"
     (folder / "qrels").mkdir(parents=True)

@@ -97,6 +97,33 @@ def test_the_embedded_models_run_their_fast_paths_without_warnings(alias: str) -
     assert torch.nn.functional.cosine_similarity(vectors, plain).min() >= 0.9999
 
 
+LONG_DOCUMENT = (
+    "Berlin is the capital and largest city of Germany. Its population is about 3.7 million, "
+    "which makes it the most populous city of the European Union. The city lies on the banks of the Spree.\n\n"
+    "Café culture, naïve art and the Museumsinsel — its five museums — draw visitors all year. "
+    'Locals say "Berlin bleibt Berlin" 🐻; the bear has been its symbol since the 13th century.'
+)
+
+
+@pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
+def test_late_chunking_on_the_real_tokenizers(alias: str) -> None:
+    """Byte-level BPE (SmolLM2) and SentencePiece (Gemma 3): chunks cover the document exactly,
+    one span over the whole document is its embedding, and a late chunk carries more of the
+    document than the same text embedded alone."""
+    model = echo_embeddings.load(alias, "echo", device="cpu")
+    (chunks,) = model.encode_chunks([LONG_DOCUMENT], chunk_tokens=24, normalize_embeddings=True)
+    assert "".join(c.text for c in chunks) == LONG_DOCUMENT and len(chunks) >= 3
+    assert all(LONG_DOCUMENT[c.start : c.end] == c.text for c in chunks)
+    ((whole,),) = model.encode_chunks([LONG_DOCUMENT], [[(0, len(LONG_DOCUMENT))]], normalize_embeddings=True)
+    expected = model.encode_document([LONG_DOCUMENT], normalize_embeddings=True)[0]
+    assert float(whole.embedding @ expected) >= 0.9999
+    start = LONG_DOCUMENT.index("Its population")
+    span = [[(start, LONG_DOCUMENT.index(", which", start))]]
+    (late,), (naive,) = (model.encode_chunks([LONG_DOCUMENT], span, chunking=c, normalize_embeddings=True)[0] for c in ("late", "naive"))
+    assert late.text == naive.text == "Its population is about 3.7 million"
+    assert float(late.embedding @ expected) > float(naive.embedding @ expected)
+
+
 def test_the_conversion_cache_is_keyed_by_the_converters(monkeypatch: pytest.MonkeyPatch) -> None:
     """A conversion made by other gguf/transformers releases is not reused (one made with gguf 0.17
     once served worse vectors to a later install)."""

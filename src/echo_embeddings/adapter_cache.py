@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .engine import DEFAULT_BATCH_SIZE
+from .late_chunking import Chunk
 from .sentence_transformer import EchoSentenceTransformer
 
 _CACHE: dict[str, SharedModel] = {}
@@ -47,6 +48,11 @@ class SharedModel:
                 show_progress_bar=show_progress, convert_to_numpy=True, **options,
             )
         return vectors.tolist()
+
+    def encode_chunks(self, documents: Sequence[str], chunk_spans: Any = None, **options: Any) -> list[list[Chunk]]:
+        """Each document's chunks with their vectors: ``EchoSentenceTransformer.encode_chunks``."""
+        with self.lock:
+            return self.model.encode_chunks(list(documents), chunk_spans, **options)
 
 
 def shared_model(model: str, strategy: str | None = None, device: str | None = None, **options: Any) -> SharedModel:

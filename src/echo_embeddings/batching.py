@@ -40,8 +40,11 @@ class Batch:
     """Ids every row starts with, left out of ``input_ids``: their keys and values come from the cache."""
     position_ids: torch.Tensor | None = None
     cu_seqlens: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
+    """Late chunking: ``[pooled tokens]``, the span of its row each pooled token belongs to; the
+    batch then pools one vector per (row, span) instead of one per row."""
 
-    _TENSORS = ("input_ids", "attention_mask", "pool_index", "last_index", "placeholder_index", "position_ids", "cu_seqlens")
+    _TENSORS = ("input_ids", "attention_mask", "pool_index", "last_index", "placeholder_index", "position_ids", "cu_seqlens", "segments")
     _KEYS = (*_TENSORS, "pooling", "groups", "prefix")
 
     @property
@@ -63,12 +66,14 @@ class Batch:
 @dataclass(frozen=True)
 class Row:
     """One text laid into one template: ids, pooled positions, placeholder position, and how
-    many leading ids are the template's constant prefix."""
+    many leading ids are the template's constant prefix. ``segments`` (late chunking) gives,
+    for each pooled position, the span it is pooled into; a position may be listed more than once."""
 
     ids: list[int]
     pooled: list[int]
     placeholder: int | None = None
     constant: int = 0
+    segments: list[int] | None = None
 
 
 Prepared = tuple[Row, ...]
@@ -88,7 +93,7 @@ def pack_rows(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[
     if rows[0].placeholder is not None:
         placeholder = torch.tensor([start + r.placeholder for r, start in zip(rows, starts)], dtype=torch.long)  # type: ignore[operator]
     cu_seqlens = torch.tensor(starts, dtype=torch.int32)
-    return Batch(input_ids, None, pool_index(rows, starts), last, placeholder, pooling, groups, prefix, position_ids, cu_seqlens)
+    return Batch(input_ids, None, pool_index(rows, starts), last, placeholder, pooling, groups, prefix, position_ids, cu_seqlens, segments(rows))
 
 
 def pad_rows(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[int, ...], pad_id: int, padding_side: str) -> Batch:
@@ -105,13 +110,13 @@ def pad_rows(rows: Sequence[Row], pooling: Pooling, groups: int, prefix: tuple[i
     placeholder = None
     if rows[0].placeholder is not None:
         placeholder = torch.tensor([off + r.placeholder for r, off in zip(rows, offsets)], dtype=torch.long)  # type: ignore[operator]
-    return Batch(input_ids, attention, pool_index(rows, offsets), last, placeholder, pooling, groups, prefix)
+    return Batch(input_ids, attention, pool_index(rows, offsets), last, placeholder, pooling, groups, prefix, segments=segments(rows))
 
 
 def cut_prefix(rows: Sequence[Row], prefix: tuple[int, ...]) -> list[Row]:
     """The rows without the shared ``prefix`` (its keys and values come from the cache)."""
     cut = len(prefix)
-    return [Row(r.ids[cut:], [p - cut for p in r.pooled], None if r.placeholder is None else r.placeholder - cut) for r in rows]
+    return [Row(r.ids[cut:], [p - cut for p in r.pooled], None if r.placeholder is None else r.placeholder - cut, 0, r.segments) for r in rows]
 
 
 def pool_index(rows: Sequence[Row], offsets: Sequence[int]) -> torch.Tensor:
@@ -120,6 +125,13 @@ def pool_index(rows: Sequence[Row], offsets: Sequence[int]) -> torch.Tensor:
     row = [i for i, r in enumerate(rows) for _ in r.pooled]
     position = [off + p for r, off in zip(rows, offsets) for p in r.pooled]
     return torch.tensor([row, position], dtype=torch.long)
+
+
+def segments(rows: Sequence[Row]) -> torch.Tensor | None:
+    """The span index of every pooled token (in ``pool_index`` order), or None outside late chunking."""
+    if rows[0].segments is None:
+        return None
+    return torch.tensor([s for r in rows for s in r.segments], dtype=torch.long)
 
 
 def shared_prefix(rows: Sequence[Row]) -> tuple[int, ...]:

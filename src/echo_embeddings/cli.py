@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
         "--text-columns", action="append", default=[], help="text and label columns (default text,label); repeat to match each --classification"
     )
     ev_parser.add_argument("--limit", type=int, default=None, help="use at most this many rows (pairs, texts or queries) per task")
+    ev_parser.add_argument(
+        "--max-corpus", type=int, default=None, help="retrieval: keep every judged document and random others (seed 0) up to this many"
+    )
+    ev_parser.add_argument(
+        "--chunking", choices=["late", "naive"], default=None,
+        help="retrieval: embed documents as chunks, late (pooled from the whole document) or naive (each chunk alone); a document scores as its best chunk",
+    )
+    ev_parser.add_argument("--chunk-tokens", type=int, default=256, help="chunk size in tokens with --chunking (default: %(default)s)")
     ev_parser.add_argument("--runs", type=int, default=3, help="classification runs, each with its own seed and training sample")
     ev_parser.add_argument("--max-train", type=int, default=2000, help="training sample cap per classification run")
     ev_parser.add_argument("--batch-size", type=int, default=256, help="most texts per batch; the token budget usually decides")
@@ -107,6 +115,8 @@ def _load_tasks(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
         if args.limit:
             keep = list(task.qrels)[: args.limit]
             task = ev.Retrieval(task.name, task.corpus, {q: task.queries[q] for q in keep}, {q: task.qrels[q] for q in keep})
+        if args.max_corpus:
+            task = ev.sample_corpus(task, args.max_corpus)
         tasks.append((task.name, "retrieval", task))
     for files, columns in zip(args.classification, text_columns):
         if len(files) > 2:
@@ -138,7 +148,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for model_name in _split(args.model):
         for strategy in _split([args.strategy]):
-            column = f"{model_name}/{strategy}"
+            column = f"{model_name}/{strategy}" + (f"/{args.chunking}-{args.chunk_tokens}" if args.chunking else "")
             print(f"== {column}", file=sys.stderr)
             model = echo_embeddings.load(model_name, strategy, device=args.device)
             module = model[0]
@@ -149,12 +159,27 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 return model.encode(texts, task=task, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=True)
 
             cached = cache.wrap(encode)
+            chunked = None
+            if args.chunking:
+                chunk_settings = settings | {"chunking": args.chunking, "chunk_tokens": args.chunk_tokens}
+
+                def encode_chunks(documents: list[str], model: Any = model) -> list[np.ndarray]:
+                    try:
+                        found = model.encode_chunks(
+                            documents, chunk_tokens=args.chunk_tokens, chunking=args.chunking, batch_size=args.batch_size,
+                            normalize_embeddings=True, show_progress_bar=True,
+                        )
+                    except ValueError as error:  # a last-token strategy, an empty document, ...
+                        raise ev.DataError(f"--chunking {args.chunking}: {error}") from error
+                    return [np.stack([c.embedding for c in chunks]) for chunks in found]
+
+                chunked = ev.EmbeddingCache(out / "cache.sqlite", chunk_settings).wrap_chunks(encode_chunks)
             results[column] = {}
             for name, kind, data in tasks:
                 if kind == "sts":
                     scores = ev.evaluate_sts(cached, data)
                 elif kind == "retrieval":
-                    scores = ev.evaluate_retrieval(cached, data)
+                    scores = ev.evaluate_retrieval(cached, data, chunked)
                 else:
                     scores = ev.evaluate_classification(cached, data, runs=args.runs, max_train=args.max_train)
                 results[column][f"{kind}:{name}"] = scores

@@ -29,7 +29,10 @@ from .prefix_cache import PrefixCache, prefix_cache_support
 from .presets import DEFAULT_INSTRUCTION, PRESETS, Preset, as_preset
 from .template import Pooling, Template
 
-DEFAULT_MAX_SEQ_LENGTH = 512
+DEFAULT_MAX_SEQ_LENGTH = 4096
+"""Most tokens of a whole prompt unless set, capped at the model's context: echo reads documents of
+about 2,000 tokens whole (LlamaIndex sends 1,024-token chunks by default). Long rows do not
+inflate batches: the token budget runs them in smaller ones."""
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
 """Token budget of a batch (rows x width) on CPU / CUDA: measured best for SmolLM2 on 2 cores;
@@ -84,7 +87,9 @@ class Engine:
             :class:`Template`, or a template string such as ``"Say: {x*}"``.
         pooling: ``"mean"`` or ``"last"`` for a template string; a preset brings its own.
         instruction: fills the ``{instruction}`` field of query templates.
-        max_seq_length: most tokens of a whole prompt; texts are truncated before repetition.
+        max_seq_length: most tokens of a whole prompt; longer texts are truncated before
+            repetition, with a warning (``encode_chunks`` reads them whole in windows instead).
+            ``None``: 4,096, or the model's context if shorter.
         output_layer: the hidden state to pool (transformers' ``hidden_states`` index; ``-1`` the
             final output); ``None`` for the per-model default of the strategy.
         final_norm: apply the final norm to an intermediate output layer.
@@ -106,7 +111,7 @@ class Engine:
         *,
         pooling: Pooling | None = None,
         instruction: str = DEFAULT_INSTRUCTION,
-        max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+        max_seq_length: int | None = None,
         output_layer: int | None = None,
         final_norm: bool = False,
         tp_layers: Sequence[int] | None = None,
@@ -225,11 +230,20 @@ class Engine:
 
     @property
     def max_seq_length(self) -> int:
-        return self._max_seq_length
+        """Most tokens of a whole prompt (the default unless set)."""
+        if self._max_seq_length is not None:
+            return self._max_seq_length
+        return min(DEFAULT_MAX_SEQ_LENGTH, self.context_length or DEFAULT_MAX_SEQ_LENGTH)
 
     @max_seq_length.setter
-    def max_seq_length(self, value: int) -> None:
-        self._max_seq_length = _positive_int("max_seq_length", value)
+    def max_seq_length(self, value: int | None) -> None:
+        self._max_seq_length = None if value is None else _positive_int("max_seq_length", value)
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model was trained for (its config's ``max_position_embeddings``)."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return value if isinstance(value, int) and value > 0 else None
 
     @property
     def max_batch_tokens(self) -> int | None:

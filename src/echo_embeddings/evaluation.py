@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import sqlite3
@@ -20,6 +21,8 @@ import numpy as np
 
 Encode = Callable[[list[str], "str | None"], np.ndarray]
 """``encode(texts, task)`` -> unit-length vectors; task is None, "query" or "document"."""
+EncodeChunks = Callable[[list[str]], "list[np.ndarray]"]
+"""``encode_chunks(documents)`` -> per document, its chunks' unit-length vectors ``[chunks, dim]``."""
 
 
 class DataError(ValueError):
@@ -144,6 +147,18 @@ def read_retrieval(folder: str | Path, split: str = "test") -> Retrieval:
     return Retrieval(folder.name, corpus, {q: queries[q] for q in qrels}, qrels)
 
 
+def sample_corpus(task: Retrieval, size: int, seed: int = 0) -> Retrieval:
+    """The task over at most ``size`` documents: every judged document of its queries, then
+    others drawn at random (``seed``), in corpus order. Shows how a method ranks among
+    distractors at a fraction of the cost of the full corpus."""
+    judged = {doc for relevance in task.qrels.values() for doc in relevance if doc in task.corpus}
+    others = sorted(set(task.corpus) - judged)
+    rng = np.random.default_rng(seed)
+    extra = max(size - len(judged), 0)
+    keep = judged | set(rng.permutation(others)[:extra].tolist()) if others else judged
+    return Retrieval(task.name, {d: t for d, t in task.corpus.items() if d in keep}, task.queries, task.qrels)
+
+
 # ---------------------------------------------------------------------------- running tasks
 
 
@@ -156,12 +171,19 @@ def evaluate_sts(encode: Encode, pairs: list[list[str]]) -> dict[str, float]:
     return {"spearman": 100 * spearman(cosine, gold), "pearson": 100 * pearson(cosine, gold)}
 
 
-def evaluate_retrieval(encode: Encode, task: Retrieval) -> dict[str, float]:
+def evaluate_retrieval(encode: Encode, task: Retrieval, encode_chunks: EncodeChunks | None = None) -> dict[str, float]:
+    """Exact cosine search; with ``encode_chunks`` a document scores as its best chunk (as the
+    late-chunking paper does), so chunked and whole-document runs rank the same documents."""
     doc_ids = list(task.corpus)
-    documents = encode([task.corpus[d] for d in doc_ids], "document")
     query_ids = list(task.queries)
     queries = encode([task.queries[q] for q in query_ids], "query")
-    scores = queries @ documents.T
+    if encode_chunks is None:
+        scores = queries @ encode([task.corpus[d] for d in doc_ids], "document").T
+    else:
+        chunks = encode_chunks([task.corpus[d] for d in doc_ids])
+        ends = np.cumsum([len(c) for c in chunks])
+        similarity = queries @ np.concatenate(chunks).T
+        scores = np.maximum.reduceat(similarity, np.r_[0, ends[:-1]], axis=1)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
     rankings = {q: [doc_ids[j] for j in top[i]] for i, q in enumerate(query_ids)}
     per_query = [(ndcg_at_k(rankings[q], task.qrels[q]), recall_at_k(rankings[q], task.qrels[q]), mrr_at_k(rankings[q], task.qrels[q])) for q in query_ids]
@@ -204,23 +226,48 @@ class EmbeddingCache:
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (config TEXT, text TEXT, vector BLOB, PRIMARY KEY (config, text))")
         self.config = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
+    def _cached(self, tag: str, texts: list[str], compute: Callable[[list[str]], Sequence[np.ndarray]]) -> list[np.ndarray]:
+        """Arrays for ``texts`` under ``tag``: read from disk, and the missing ones computed (in
+        text order, each distinct text once) and stored. Vectors are stored as raw float32
+        bytes; chunk matrices (tag ``chunks``) in ``.npy`` format, which keeps their shape."""
+        matrix = tag == "chunks"
+        keys = [hashlib.sha256(f"{tag}\0{t}".encode()).hexdigest() for t in texts]
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT text, vector FROM vectors WHERE config = ? AND text IN ({marks})", [self.config, *chunk])
+            found.update((k, _decode(v, matrix)) for k, v in rows)
+        missing = sorted({k: t for k, t in zip(keys, texts) if k not in found}.items())
+        if missing:
+            arrays = [np.asarray(a, dtype=np.float32) for a in compute([t for _, t in missing])]
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", [(self.config, k, _encode(a, matrix)) for (k, _), a in zip(missing, arrays)])
+            self.db.commit()
+            found.update((k, a) for (k, _), a in zip(missing, arrays))
+        return [found[k] for k in keys]
+
     def wrap(self, encode: Encode) -> Encode:
         def cached(texts: list[str], task: str | None) -> np.ndarray:
-            keys = [hashlib.sha256(f"{task}\0{t}".encode()).hexdigest() for t in texts]
-            found: dict[str, np.ndarray] = {}
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self.db.execute(f"SELECT text, vector FROM vectors WHERE config = ? AND text IN ({marks})", [self.config, *chunk])
-                found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
-            missing = sorted({k: t for k, t in zip(keys, texts) if k not in found}.items())
-            if missing:
-                vectors = encode([t for _, t in missing], task).astype(np.float32)
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", [(self.config, k, v.tobytes()) for (k, _), v in zip(missing, vectors)]
-                )
-                self.db.commit()
-                found.update((k, v) for (k, _), v in zip(missing, vectors))
-            return np.stack([found[k] for k in keys])
+            return np.stack(self._cached(str(task), texts, lambda missing: encode(missing, task)))
 
         return cached
+
+    def wrap_chunks(self, encode_chunks: EncodeChunks) -> EncodeChunks:
+        """The same for chunk vectors: one ``[chunks, dim]`` array per document."""
+
+        def cached(documents: list[str]) -> list[np.ndarray]:
+            return self._cached("chunks", documents, encode_chunks)
+
+        return cached
+
+
+def _encode(array: np.ndarray, matrix: bool) -> bytes:
+    if not matrix:
+        return array.tobytes()
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _decode(blob: bytes, matrix: bool) -> np.ndarray:
+    return np.load(io.BytesIO(blob)) if matrix else np.frombuffer(blob, dtype=np.float32)

@@ -44,6 +44,18 @@ class Layout:
             ids.extend(seg)
         return tuple(ids)
 
+    def pooled_copy(self, text_length: int) -> int:
+        """Where the pooled copy of a ``text_length``-token text starts in :meth:`build`'s ids (echo:
+        the second copy). Raises ValueError if the template pools no copy of the text."""
+        position, found = 0, None
+        for seg, pooled in zip(self.segments, self.pooled):
+            if seg is None and pooled:
+                found = position
+            position += text_length if seg is None else len(seg)
+        if found is None:
+            raise ValueError(f"The template {self.template.spec!r} pools no copy of the text")
+        return found
+
     def build(self, text_ids: list[int]) -> tuple[list[int], list[int], int | None]:
         """Ids, pooled positions and the placeholder position for one tokenized text."""
         ids: list[int] = []
@@ -131,6 +143,25 @@ class PieceTokenizer:
         if not self.dummy_prefix:
             return self._ids(texts, literal=True)
         return [self.encode(t, literal=True) for t in texts]
+
+    def encode_with_offsets(self, text: str, lead: str = "") -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids :meth:`encode_inputs` gives ``text`` plus each token's character span in ``text``
+        (a token that covers the lead space starts at 0). Needs a fast tokenizer."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise TypeError(f"{type(self.tokenizer).__name__} is not a fast tokenizer; character offsets (late chunking) need one")
+        if not text:
+            return [], []
+        anchor = self._anchor if self.dummy_prefix else []
+        shift = (1 if anchor else 0) + len(lead)
+        found = self.tokenizer(("\n" if anchor else "") + lead + text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        ids, offsets = found["input_ids"], found["offset_mapping"]
+        if anchor and ids[: len(anchor)] == anchor:
+            ids, offsets = ids[len(anchor) :], offsets[len(anchor) :]
+        elif anchor:  # encode() falls back to tokenizing the text alone here
+            shift = len(lead)
+            found = self.tokenizer(lead + text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+            ids, offsets = found["input_ids"], found["offset_mapping"]
+        return list(ids), [(min(max(a - shift, 0), len(text)), min(max(b - shift, 0), len(text))) for a, b in offsets]
 
     def fixed(self, text: str) -> tuple[int, ...]:
         if text not in self._cache:

@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .batching import Batch
-from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SEQ_LENGTH, Engine, check_texts, chunked, known_length
+from .engine import DEFAULT_BATCH_SIZE, Engine, check_texts, chunked, known_length
+from . import late_chunking
+from .late_chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunking
 from .loading import load_decoder
 from .presets import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, PRESETS, Preset
 from .template import Pooling, Template
@@ -100,7 +102,7 @@ class EchoEmbedder(InputModule):
         *,
         pooling: Pooling | None = None,
         instruction: str = DEFAULT_INSTRUCTION,
-        max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+        max_seq_length: int | None = None,
         output_layer: int | None = None,
         final_norm: bool = False,
         tp_layers: Sequence[int] | None = None,
@@ -289,6 +291,83 @@ class EchoSentenceTransformer(SentenceTransformer):
             for chunk in chunked(texts, chunk_size):
                 yield self.encode(chunk, show_progress_bar=False, **encode_options)
                 bar.update(len(chunk))
+
+
+    def encode_chunks(
+        self,
+        documents: Sequence[str],
+        chunk_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+        *,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        chunking: Chunking = "late",
+        task: str | None = "document",
+        window_overlap: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool = False,
+    ) -> list[list[Chunk]]:
+        """Split documents into chunks and embed each chunk; with ``chunking="late"`` (the default)
+        every chunk vector is pooled from the whole document's forward (late chunking).
+
+        Args:
+            documents: the texts to chunk; none may be empty.
+            chunk_spans: per document, ``(start, end)`` character spans from any splitter, in
+                order and not overlapping (gaps are read as context but not pooled). None splits
+                by tokens.
+            chunk_tokens: chunk size when splitting by tokens (a chunk ends at a sentence end in
+                its second half, if there is one).
+            chunking: ``"late"`` pools each chunk's tokens from the document's forward (needs a
+                mean-pooling strategy: echo pools the second copy, ``mean`` its single copy);
+                ``"naive"`` embeds each chunk's text alone, for comparison.
+            task: which template reads the document (default ``"document"``).
+            window_overlap: tokens shared by consecutive windows for documents longer than a
+                window (``max_seq_length`` with the template and every copy); default
+                ``min(256, window // 4)``.
+            batch_size, normalize_embeddings, show_progress_bar: as in :meth:`encode`.
+
+        Returns:
+            For each document, its :class:`~echo_embeddings.late_chunking.Chunk` list: ``text``,
+            ``start``/``end`` character offsets (``document[start:end] == text``) and
+            ``embedding`` (a float32 array, after every module of the model).
+        """
+        if chunking not in late_chunking.CHUNKINGS:
+            raise ValueError(f"chunking must be 'late' or 'naive', got {chunking!r}")
+        self.eval()
+        engine = self[0].engine
+        docs = late_chunking.tokenize_documents(engine, check_texts(documents), task)
+        spans = late_chunking.resolve_spans(docs, chunk_spans, chunk_tokens)
+        if chunking == "naive":
+            texts = [doc.text[a:b].strip() or doc.text[a:b] for doc, doc_spans in zip(docs, spans) for a, b in doc_spans]
+            options = {"task": task, "batch_size": batch_size, "normalize_embeddings": normalize_embeddings, "show_progress_bar": show_progress_bar}
+            return late_chunking.as_chunks(docs, spans, self.encode(texts, convert_to_tensor=True, **options).cpu())
+        with tqdm(desc="Late chunking", disable=not show_progress_bar, unit="window") as bar:
+            ranges = [late_chunking.spans_to_tokens(doc, doc_spans) for doc, doc_spans in zip(docs, spans)]
+            pooled = late_chunking.late_chunk_vectors(
+                engine, docs, ranges, task=task, window_overlap=window_overlap, batch_size=batch_size, progress=bar
+            )
+        vectors = late_chunking.after_first_module(self, torch.cat(pooled))
+        if normalize_embeddings:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return late_chunking.as_chunks(docs, spans, vectors)
+
+    def stream_chunks(
+        self,
+        documents: Iterable[str],
+        chunk_spans: Iterable[Sequence[tuple[int, int]]] | None = None,
+        *,
+        documents_per_call: int = 256,
+        **options: Any,
+    ) -> Iterator[list[Chunk]]:
+        """:meth:`encode_chunks` over an iterable of any length, read lazily: yields each
+        document's chunks in input order, ``documents_per_call`` documents at a time."""
+        span_iter = iter(chunk_spans) if chunk_spans is not None else None
+        for group in chunked(documents, documents_per_call):
+            spans = None
+            if span_iter is not None:
+                spans = [next(span_iter, None) for _ in group]
+                if any(s is None for s in spans):
+                    raise ValueError("chunk_spans ran out before the documents did; give one list of spans per document")
+            yield from self.encode_chunks(group, spans, **options)
 
 
 def is_saved_model(path: str | os.PathLike) -> bool:

@@ -1,3 +1,4 @@
 from llama_index.embeddings.echo.base import EchoEmbedding
+from llama_index.embeddings.echo.late_chunking import EchoLateChunkNodeParser
 
-__all__ = ["EchoEmbedding"]
+__all__ = ["EchoEmbedding", "EchoLateChunkNodeParser"]

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from echo_embeddings import DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.schema import BaseNode
 from pydantic import Field
+
+LATE_CHUNK_KEY = "echo_chunking"
+"""Node metadata set by ``EchoLateChunkNodeParser``: the node's embedding is a late-chunked vector."""
 
 # LlamaIndex's default of 10 texts per call would cut the core's length sorting into tiny windows.
 DEFAULT_EMBED_BATCH_SIZE = 256
@@ -64,3 +70,21 @@ class EchoEmbedding(BaseEmbedding):
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        """As a pipeline step: embed the nodes, except those that already carry a late-chunked
+        vector (from ``EchoLateChunkNodeParser``), which keep it; a warning says so."""
+        late = [n for n in nodes if n.embedding is not None and n.metadata.get(LATE_CHUNK_KEY)]
+        if late:
+            warnings.warn(
+                f"{len(late)} of {len(nodes)} nodes already carry late-chunked vectors from EchoLateChunkNodeParser and keep them; "
+                "no embed model is needed after it in the pipeline",
+                stacklevel=2,
+            )
+        rest = [n for n in nodes if not (n.embedding is not None and n.metadata.get(LATE_CHUNK_KEY))]
+        if rest:
+            super().__call__(rest, **kwargs)
+        return nodes
+
+    async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        return await asyncio.to_thread(self.__call__, nodes, **kwargs)

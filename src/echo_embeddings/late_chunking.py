@@ -1,0 +1,285 @@
+"""Late chunking (Günther et al. 2024) for causal LMs: read a whole document once, then pool each
+chunk's tokens, so every chunk vector carries the document's context.
+
+On a causal model a token has read only what came before it, so plain late chunking gives the
+first chunk no context at all. Under echo the pooled second copy follows the whole document, so
+every token of every chunk has read all of it. Any mean-pooling strategy works: ``echo`` pools
+spans of the second copy, ``mean`` spans of its single copy (plain causal late chunking).
+
+How text maps to tokens:
+
+- The document is tokenized once, as a whole, exactly as :meth:`Engine.prepare` tokenizes it;
+  the tokenizer's offsets give each token's character span.
+- A token belongs to the chunk in which its first character lies, so a span boundary inside a
+  token gives the whole token to the chunk where it starts. A span in which no token starts (a
+  few characters inside one long token) pools the token that covers it.
+- Template tokens (the prompt, the first copy under echo) are read but never pooled.
+- Without spans, chunks of about ``chunk_tokens`` tokens end at a sentence end where one lies
+  in their second half; chunks cover the document exactly and in order (a chunk starts where
+  its first token starts, so the whitespace between two chunks ends the earlier one).
+- A document longer than a window (``max_seq_length`` holds the prompt with every copy) is read
+  in macro windows that overlap by ``window_overlap`` tokens. Each window is echoed on its own;
+  a token is pooled from the window in which it lies farthest from an edge (the overlap is split
+  at its middle), so overlapping tokens serve as context only once pooled. A chunk that crosses
+  windows is the token-weighted mean of its parts.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from itertools import pairwise
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .batching import Batch, Prepared, Row
+from .engine import DEFAULT_BATCH_SIZE, Engine
+
+if TYPE_CHECKING:
+    from .sentence_transformer import EchoSentenceTransformer
+
+Chunking = Literal["late", "naive"]
+CHUNKINGS = ("late", "naive")
+DEFAULT_CHUNK_TOKENS = 256
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a document: ``document[start:end] == text``, and its vector."""
+
+    text: str
+    start: int
+    end: int
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class DocumentTokens:
+    """A document tokenized as a whole: ids and each token's ``(start, end)`` character span."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+    @property
+    def starts(self) -> list[int]:
+        return [a for a, _ in self.offsets]
+
+
+def tokenize_documents(engine: Engine, documents: Sequence[str], task: str | None = "document") -> list[DocumentTokens]:
+    """Each document tokenized once, with the lead its template gives the input."""
+    leads = {lay.lead for lay in engine.layouts(task)}
+    if len(leads) > 1:
+        raise ValueError("Late chunking needs one tokenization per document; this strategy's templates tokenize the input differently")
+    lead = leads.pop()
+    out = []
+    for i, text in enumerate(documents):
+        ids, offsets = engine.pieces.encode_with_offsets(text, lead)
+        if not ids:
+            raise ValueError(f"Document {i} is empty; every document needs text to chunk")
+        out.append(DocumentTokens(text, ids, offsets))
+    return out
+
+
+# ---------------------------------------------------------------------------- spans
+
+
+def split_by_tokens(doc: DocumentTokens, chunk_tokens: int) -> list[tuple[int, int]]:
+    """Character spans of about ``chunk_tokens`` tokens that cover ``doc.text`` exactly, in order.
+    A chunk ends at the last sentence end in its second half, if there is one."""
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
+    starts = doc.starts
+    sentence_starts = sorted(set(_sentence_starts(doc)))
+    cuts = [0]
+    while cuts[-1] + chunk_tokens < len(starts):
+        limit = cuts[-1] + chunk_tokens
+        at = bisect_right(sentence_starts, limit) - 1
+        best = sentence_starts[at] if at >= 0 else 0
+        cuts.append(best if best > cuts[-1] + chunk_tokens // 2 else limit)
+    chars = [0, *(starts[c] for c in cuts[1:]), len(doc.text)]
+    return [(a, b) for a, b in pairwise(chars) if b > a]
+
+
+def _sentence_starts(doc: DocumentTokens) -> Iterator[int]:
+    """Tokens that begin a sentence: the token holding the first character after a sentence end,
+    when only whitespace of that token comes before it."""
+    starts = doc.starts
+    for match in _SENTENCE_END.finditer(doc.text):
+        i = bisect_right(starts, match.end()) - 1
+        if i > 0 and not doc.text[starts[i] : match.end()].strip():
+            yield i
+
+
+def check_spans(spans: object, length: int, index: int) -> list[tuple[int, int]]:
+    """Spans as ``(start, end)`` character offsets, in order, within the document, not overlapping."""
+    if isinstance(spans, (str, bytes)) or not isinstance(spans, Iterable):
+        raise TypeError(f"chunk_spans[{index}] must be a list of (start, end) pairs, got {type(spans).__name__}")
+    out: list[tuple[int, int]] = []
+    for k, span in enumerate(spans):
+        if not (isinstance(span, Sequence) and len(span) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in span)):
+            raise TypeError(f"chunk_spans[{index}][{k}] must be a (start, end) pair of ints, got {span!r}")
+        start, end = span
+        if not 0 <= start < end <= length:
+            raise ValueError(f"chunk_spans[{index}][{k}] = {tuple(span)} is outside document {index} (need 0 <= start < end <= {length})")
+        if out and start < out[-1][1]:
+            raise ValueError(
+                f"chunk_spans[{index}][{k}] = {tuple(span)} overlaps or precedes the span before it {out[-1]}; "
+                "spans must be in document order and must not overlap"
+            )
+        out.append((start, end))
+    if not out:
+        raise ValueError(f"chunk_spans[{index}] is empty; give document {index} at least one span")
+    return out
+
+
+def spans_to_tokens(doc: DocumentTokens, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each character span as a token range ``[first, stop)``: the tokens that start inside it,
+    or, if none does, the token that covers its start."""
+    starts = doc.starts
+    ranges = []
+    for start, end in spans:
+        first, stop = bisect_left(starts, start), bisect_left(starts, end)
+        if first == stop:
+            covering = max(bisect_right(starts, start) - 1, 0)
+            first, stop = covering, covering + 1
+        ranges.append((first, stop))
+    return ranges
+
+
+# ---------------------------------------------------------------------------- windows
+
+
+def windows(length: int, width: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(start, stop, own_start, own_stop)`` of each macro window over ``length`` tokens: windows
+    of ``width`` tokens overlapping by ``overlap``; each token is owned by exactly one window."""
+    if length <= width:
+        return [(0, length, 0, length)]
+    if not 0 <= overlap < width:
+        raise ValueError(f"window_overlap must be at least 0 and below the window of {width} tokens, got {overlap}")
+    # The last start is the first one whose window reaches the end.
+    spans = [(s, min(s + width, length)) for s in range(0, length - overlap, width - overlap)]
+    # Split each overlap at its middle: a token is pooled where it has more context on both sides.
+    cuts = [0, *((nxt + stop) // 2 for (_, stop), (nxt, _) in pairwise(spans)), length]
+    return [(s, e, cuts[i], cuts[i + 1]) for i, (s, e) in enumerate(spans)]
+
+
+def window_width(engine: Engine, task: str | None) -> int:
+    """Document tokens per window: what fits ``max_seq_length`` with the template and every copy."""
+    width = min((engine.max_seq_length - lay.fixed_length) // lay.template.copies for lay in engine.layouts(task))
+    if width < 1:
+        raise ValueError(f"The template leaves no room for the text within max_seq_length={engine.max_seq_length}")
+    return width
+
+
+# ---------------------------------------------------------------------------- late pooling
+
+
+def late_chunk_vectors(
+    engine: Engine,
+    docs: Sequence[DocumentTokens],
+    token_ranges: Sequence[Sequence[tuple[int, int]]],
+    *,
+    task: str | None = "document",
+    window_overlap: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: tqdm | None = None,
+) -> list[torch.Tensor]:
+    """``[chunks, dim]`` per document: the mean hidden state of each token range (ranges may
+    overlap here), read in its document's context, through the engine's batching and forward."""
+    layouts = engine.layouts(task)
+    if any(lay.template.pooling != "mean" for lay in layouts):
+        raise ValueError(f"Late chunking pools token spans; strategy {engine.strategy!r} pools the last token. Use a mean-pooling strategy (echo, mean)")
+    if engine.plan.token_prepending:
+        raise ValueError("Late chunking does not combine with token prepending")
+    width = window_width(engine, task)
+    overlap = min(256, width // 4) if window_overlap is None else window_overlap
+    constants = [len(lay.constant_prefix) for lay in layouts]
+    items: list[Prepared] = []
+    parts: list[list[tuple[int, int, int]]] = []  # per window: (document, chunk, tokens) of each local span
+    first_chunk = [0]
+    for d, (doc, ranges) in enumerate(zip(docs, token_ranges)):
+        for start, stop, own_start, own_stop in windows(len(doc.ids), width, overlap):
+            positions: list[int] = []
+            segments: list[int] = []
+            local: list[tuple[int, int, int]] = []
+            for c, (a, b) in enumerate(ranges):
+                lo, hi = max(a, own_start), min(b, own_stop)
+                if lo < hi:
+                    positions.extend(range(lo - start, hi - start))
+                    segments.extend([len(local)] * (hi - lo))
+                    local.append((d, c, hi - lo))
+            if not local:
+                continue  # a window whose own tokens fall between spans
+            rows = []
+            for lay, constant in zip(layouts, constants):
+                ids, _, placeholder = lay.build(doc.ids[start:stop])
+                copy = lay.pooled_copy(stop - start)
+                rows.append(Row(ids, [copy + p for p in positions], placeholder, constant, segments))
+            items.append(tuple(rows))
+            parts.append(local)
+        first_chunk.append(first_chunk[-1] + len(ranges))
+    most = max((len(p) for p in parts), default=1)
+
+    def forward(batch: Batch) -> torch.Tensor:
+        pooled = engine.forward(batch).float().cpu()  # [windows, spans in the batch, dim]
+        return torch.nn.functional.pad(pooled, (0, 0, 0, most - pooled.shape[1]))
+
+    with torch.inference_mode():
+        pooled = engine.embed_prepared(items, forward, pooling="mean", batch_size=batch_size, progress=progress)
+    sums = torch.zeros(first_chunk[-1], engine.hidden_size)
+    counts = torch.zeros(first_chunk[-1], 1)
+    for w, local in enumerate(parts):
+        for k, (d, c, n) in enumerate(local):
+            sums[first_chunk[d] + c] += pooled[w, k] * n
+            counts[first_chunk[d] + c] += n
+    vectors = sums / counts
+    return [vectors[first_chunk[d] : first_chunk[d + 1]] for d in range(len(docs))]
+
+
+# ---------------------------------------------------------------------------- from spans to chunks
+
+
+def resolve_spans(
+    docs: Sequence[DocumentTokens], chunk_spans: Iterable[Sequence[tuple[int, int]]] | None, chunk_tokens: int
+) -> list[list[tuple[int, int]]]:
+    """The user's spans, checked, or token-split spans when there are none."""
+    if chunk_spans is None:
+        return [split_by_tokens(doc, chunk_tokens) for doc in docs]
+    chunk_spans = list(chunk_spans)
+    if len(chunk_spans) != len(docs):
+        raise ValueError(f"chunk_spans has {len(chunk_spans)} entries for {len(docs)} documents; give one list of spans per document")
+    return [check_spans(s, len(doc.text), i) for i, (s, doc) in enumerate(zip(chunk_spans, docs))]
+
+
+def as_chunks(docs: Sequence[DocumentTokens], spans: Sequence[Sequence[tuple[int, int]]], vectors: torch.Tensor) -> list[list[Chunk]]:
+    """``vectors`` (one row per span, documents in order) as each document's :class:`Chunk` list."""
+    array = vectors.float().numpy()
+    out, k = [], 0
+    for doc, doc_spans in zip(docs, spans):
+        out.append([Chunk(doc.text[a:b], a, b, array[k + i]) for i, (a, b) in enumerate(doc_spans)])
+        k += len(doc_spans)
+    return out
+
+
+@torch.inference_mode()
+def after_first_module(model: EchoSentenceTransformer, vectors: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """Run pooled vectors through the modules after the echo module (Dense, Normalize, a
+    whitening, ...), as every other encode does."""
+    rest = list(model)[1:]
+    if not rest:
+        return vectors
+    device = model[0].engine.device
+    out = []
+    for start in range(0, len(vectors), batch):
+        features: dict[str, Any] = {"sentence_embedding": vectors[start : start + batch].to(device)}
+        for module in rest:
+            features = module(features)
+        out.append(features["sentence_embedding"].float().cpu())
+    return torch.cat(out) if out else vectors
