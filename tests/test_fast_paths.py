@@ -197,3 +197,18 @@ def test_packing_stays_off_where_it_would_change_results(make_model) -> None:
     gemma3 = make_model("raw-mean", arch="gemma3")[0].engine  # a sliding window of 16 tokens
     assert not gemma3.tokenize(["a sentence long enough to pass the sliding window " * 2]).packed
     assert gemma3.tokenize(["hi", "a dog"]).packed
+
+
+def test_the_prefix_cache_follows_fused_optimizer_steps(make_model) -> None:
+    """torch's fused AdamW (the transformers Trainer's default) updates weights without bumping
+    their version counters; a cached prefix must still be recomputed after a step."""
+    model = make_model("echo")
+    texts = ["A man is playing a guitar.", "Dogs run."]
+    model.encode(texts)  # fills the cache
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    engine = model[0].engine
+    engine.forward(engine.tokenize(texts)).pow(2).sum().backward()
+    optimizer.step()
+    cached = model.encode(texts, convert_to_tensor=True)
+    engine.prefix_cache = False
+    assert torch.allclose(cached, model.encode(texts, convert_to_tensor=True), atol=1e-5)

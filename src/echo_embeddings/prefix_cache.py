@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import DynamicCache
 
 from .forward import LayerPlan, cache_keyword, forward_hidden
@@ -21,9 +22,24 @@ from .forward import LayerPlan, cache_keyword, forward_hidden
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def weights_version(model: nn.Module) -> int:
-    """Changes whenever a parameter is updated in place (optimizer step, ``load_state_dict``)."""
-    return sum(p._version for p in model.parameters())
+_optimizer_steps = 0
+
+
+def _count_step(*_: object) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+# Fused optimizers (torch's fused AdamW, the transformers Trainer's default) update parameters
+# without bumping their version counters, so every optimizer step anywhere also counts.
+register_optimizer_step_post_hook(_count_step)
+
+
+def weights_version(model: nn.Module) -> tuple[int, int, int]:
+    """Changes whenever the weights may have: an in-place update (``load_state_dict``, a manual
+    edit), any optimizer step, or a parameter's storage being swapped."""
+    params = list(model.parameters())
+    return sum(p._version for p in params), _optimizer_steps, sum(p.data_ptr() for p in params)
 
 
 class PrefixCache:
