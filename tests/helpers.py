@@ -132,18 +132,35 @@ def save_dense_model(folder: str | Path, strategy: str = "echo") -> Path:
     return folder / "dense"
 
 
+def save_lora_model(folder: str | Path) -> Path:
+    """A saved echo model that is a LoRA adapter (random, so it changes the vectors) on a tiny
+    saved base; the folder holds the adapter alone and names the base."""
+    import echo_embeddings
+
+    folder = Path(folder)
+    model = echo_embeddings.load(str(save_tiny_model(folder / "base")), "echo", device="cpu")
+    echo_embeddings.add_lora(model, r=4, layers=[2, 3])
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    model.save(str(folder / "adapter"))
+    return folder / "adapter"
+
+
 def assert_same_as_the_saved_model(folder: str | Path, embed_documents: Callable[[list[str]], list], embed_query: Callable[[str], list]) -> None:
-    """An adapter's document and query vectors equal the saved model's ``encode_document`` /
-    ``encode_query`` (its whole module list), to 1e-5."""
+    """An adapter's document and query vectors (unit length, the adapters' default) equal the saved
+    model's ``encode_document`` / ``encode_query`` (its whole module list), to 1e-5."""
     import echo_embeddings
 
     model = echo_embeddings.load(str(folder), device="cpu")
     texts = ["A man is playing a guitar.", "", "Dogs run."]
     documents = torch.tensor(embed_documents(texts))
     assert documents.shape == (3, model.get_embedding_dimension())
-    assert (documents - model.encode_document(texts, convert_to_tensor=True)).abs().max() <= 1e-5
+    assert (documents - model.encode_document(texts, convert_to_tensor=True, normalize_embeddings=True)).abs().max() <= 1e-5
     query = torch.tensor(embed_query("what plays music?"))
-    assert (query - model.encode_query(["what plays music?"], convert_to_tensor=True)[0]).abs().max() <= 1e-5
+    assert (query - model.encode_query(["what plays music?"], convert_to_tensor=True, normalize_embeddings=True)[0]).abs().max() <= 1e-5
 
 
 async def loop_ticks_during(awaitable: Awaitable[T]) -> tuple[T, int]:

@@ -29,11 +29,13 @@ __all__ = [
     "Preset",
     "Template",
     "Whitening",
+    "add_lora",
     "as_preset",
     "check_texts",
     "fit_whitening",
     "get_preset",
     "load",
+    "merge_lora",
     "register_alias",
     "register_preset",
     "save_npy",
@@ -64,3 +66,33 @@ def load(
     # reach the query and document templates; the text itself gets nothing prepended.
     prompts = {"query": "", "document": ""}
     return EchoSentenceTransformer(modules=[module], device=str(module.engine.device), prompts=prompts)
+
+
+def add_lora(
+    model: EchoSentenceTransformer,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    layers: list[int] | None = None,
+) -> EchoSentenceTransformer:
+    """Put a LoRA adapter into the model's decoder, for fine-tuning; returns the model.
+
+    Only the adapter trains; it starts at zero, so vectors are unchanged until training. ``save``
+    then writes the adapter alone (a few MB) and names the base model; ``load`` reattaches it.
+
+    Args:
+        model: a model from :func:`load`.
+        r, alpha, dropout: LoRA rank, scale numerator (the update is scaled by ``alpha / r``) and dropout.
+        target_modules: names of the linear layers to adapt (default: the attention and MLP
+            projections of Llama-style decoders).
+        layers: decoder layer indices to adapt (default all); the top layers alone train faster.
+    """
+    model[0].add_lora(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, layers=layers)
+    return model
+
+
+def merge_lora(model: EchoSentenceTransformer) -> EchoSentenceTransformer:
+    """Fold the LoRA adapter into the decoder's weights (same vectors); ``save`` then writes full weights."""
+    model[0].merge_lora()
+    return model

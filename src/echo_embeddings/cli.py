@@ -65,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     whiten.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header")
     whiten.add_argument("--task", choices=["sentence", "query", "document"], default="document", help="template the corpus is embedded with (default: %(default)s)")
     whiten.add_argument("--device", default=None)
+    tr = commands.add_parser("train", help="fine-tune an echo model on labelled pairs, triplets, or pairs made from your corpus")
+    tr.add_argument("train_files", nargs="*", metavar="TRAIN_FILE", help="TSV/CSV/JSONL: scored pairs (sentence1, sentence2, score), pairs or triplets")
+    tr.add_argument("--pairs-from", default=None, metavar="CORPUS", help="no labels: make pairs from a BEIR corpus.jsonl (title, text) or a text file (neighbouring paragraphs)")
+    tr.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
+    tr.add_argument("--strategy", default=None, help="preset or template (default: echo)")
+    tr.add_argument("--out", required=True, help="folder for the trained model (checkpoints in OUT/checkpoints)")
+    tr.add_argument("--dev", default=None, help="a file of the same shape, evaluated during training")
+    tr.add_argument("--epochs", type=float, default=1.0)
+    tr.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (overrides --epochs)")
+    tr.add_argument("--batch-size", type=int, default=16, help="pairs per step (default: %(default)s)")
+    tr.add_argument("--learning-rate", type=float, default=None, help="default 2e-4 with LoRA, 2e-5 without")
+    tr.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="train a LoRA adapter (default) or every weight")
+    tr.add_argument("--lora-rank", type=int, default=16)
+    tr.add_argument("--lora-layers", default=None, help="decoder layers to adapt, e.g. 20-29 or 0,5,9 (default: all)")
+    tr.add_argument("--merge", action="store_true", help="save full weights with the adapter merged in (default: the adapter alone)")
+    tr.add_argument("--text-columns", default=None, help="text columns, two or three, e.g. sentence1,sentence2 (default: recognised names)")
+    tr.add_argument("--score-column", default=None, help="score column of scored pairs (default: score, if present)")
+    tr.add_argument("--loss", default=None, choices=["cosent", "angle", "cosine", "mnrl", "cached-mnrl"], help="override the loss chosen from the data")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default=None)
     ev_parser = commands.add_parser("evaluate", help="score models and strategies on local STS, retrieval and classification data")
     ev_parser.add_argument("--model", action="append", required=True, help="alias, id, folder or .gguf; repeat or comma-separate")
     ev_parser.add_argument("--strategy", default="mean,echo,prompteol", help="comma-separated strategies (default: %(default)s)")
@@ -327,9 +347,49 @@ def fit_whitening_command(args: argparse.Namespace) -> None:
     print(f"saved {args.out}: {model[-1]}")
 
 
+def _layers(spec: str | None) -> list[int] | None:
+    if not spec:
+        return None
+    try:
+        out: list[int] = []
+        for part in spec.split(","):
+            first, _, last = part.partition("-")
+            out.extend(range(int(first), int(last or first) + 1))
+        return out
+    except ValueError:
+        raise ev.DataError(f"--lora-layers {spec!r}: give layer numbers and ranges, e.g. 20-29 or 0,5,9") from None
+
+
+def train_command(args: argparse.Namespace) -> None:
+    from . import merge_lora
+    from . import training as tr
+
+    if bool(args.train_files) == bool(args.pairs_from):
+        raise ev.DataError("give training files or --pairs-from CORPUS (one of the two)")
+    columns = _split([args.text_columns]) if args.text_columns else None
+    # Every file is read and checked before the model loads.
+    data = tr.pairs_from_corpus(args.pairs_from) if args.pairs_from else tr.read_training_files(args.train_files, columns, args.score_column)
+    dev = tr.read_training_file(args.dev, columns, args.score_column) if args.dev else None
+    layers = _layers(args.lora_layers)
+    tr.check_loss(data.kind, args.loss)
+    print(f"{len(data)} {data.kind} from {data.source}", file=sys.stderr)
+    model = load_model(args.model, args.strategy, args.device)
+    try:
+        tr.train(
+            model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, lora=args.lora, lora_rank=args.lora_rank, lora_layers=layers, loss=args.loss, seed=args.seed,
+        )
+    except ValueError as error:
+        raise ev.DataError(str(error)) from error
+    if args.merge and model[0].lora is not None:
+        merge_lora(model)
+        model.save(args.out)
+    print(f"saved {args.out}: {'LoRA adapter on ' + model[0].source if model[0].lora else 'full weights'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"embed": embed, "evaluate": evaluate, "fit-whitening": fit_whitening_command}
+    commands = {"embed": embed, "evaluate": evaluate, "fit-whitening": fit_whitening_command, "train": train_command}
     try:
         commands[args.command](args)
     except ev.DataError as error:

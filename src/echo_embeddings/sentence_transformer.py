@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .batching import Batch
 from .engine import DEFAULT_BATCH_SIZE, Engine, check_texts, chunked, known_length
-from . import late_chunking
+from . import late_chunking, lora
 from .late_chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunking
 from .loading import load_decoder
 from .presets import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, PRESETS, Preset
@@ -115,6 +115,10 @@ class EchoEmbedder(InputModule):
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.source = None if model is not None else model_name_or_path
+        """Where the decoder was loaded from (a saved adapter names it as its base); None for a model object."""
+        self.lora: dict[str, Any] | None = None
+        """The LoRA adapter's settings, or None (see :func:`echo_embeddings.add_lora`)."""
         if model is None:
             if model_name_or_path is None:
                 raise ValueError("Pass a model id, folder, .gguf path or alias, or a loaded model and tokenizer")
@@ -174,16 +178,40 @@ class EchoEmbedder(InputModule):
         features["sentence_embedding"] = self.engine.forward(Batch.from_features(features))
         return features
 
+    # -- LoRA -------------------------------------------------------------------------------
+    def add_lora(self, **settings: Any) -> None:
+        """Put a LoRA adapter into the decoder (see :func:`echo_embeddings.add_lora`)."""
+        if self.lora is not None:
+            raise ValueError("This model already has a LoRA adapter; merge it first (echo_embeddings.merge_lora)")
+        resolved = lora.lora_settings(**settings)
+        lora.inject(self.model, resolved)
+        self.lora = resolved
+
+    def merge_lora(self) -> None:
+        """Fold the adapter into the decoder's weights; a save then writes full weights."""
+        if self.lora is None:
+            raise ValueError("This model has no LoRA adapter to merge")
+        lora.merge(self.model)
+        self.lora = None
+
     # -- save / load ------------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:
         config = super().get_config_dict()
         if config["tp_layers"] is not None:
             config["tp_layers"] = list(config["tp_layers"])
+        if self.lora is not None:
+            config["lora"] = self.lora
+            config["base_model"] = lora.base_reference(self)
         config["requires"] = f"echo-embeddings>={__version__}"
         return config
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
-        self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        """The decoder's weights, or with a LoRA adapter only the adapter (its config names the base)."""
+        if self.lora is not None:
+            Path(output_path).mkdir(parents=True, exist_ok=True)
+            lora.save_adapter(self.model, output_path)
+        else:
+            self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.save_tokenizer(output_path)
         self.save_config(output_path)
 
@@ -198,7 +226,12 @@ class EchoEmbedder(InputModule):
         model_kwargs = dict(kwargs.get("model_kwargs") or {})
         dtype = model_kwargs.pop("dtype", None) or model_kwargs.pop("torch_dtype", None)
         device = kwargs.get("device")
-        return cls(str(folder), dtype=dtype, device=device, model_kwargs=model_kwargs, **config)
+        adapter, base = config.pop("lora", None), config.pop("base_model", None)
+        module = cls(base if adapter else str(folder), dtype=dtype, device=device, model_kwargs=model_kwargs, **config)
+        if adapter:
+            module.add_lora(**adapter)
+            lora.load_adapter(module.model, folder)
+        return module
 
     def __repr__(self) -> str:
         config = {key: getattr(self, key) for key in self.config_keys}
@@ -279,6 +312,21 @@ class EchoSentenceTransformer(SentenceTransformer):
             return first.engine.embed_prepared(
                 prepared, forward, pooling=first.engine.preset.templates(task)[0].pooling, batch_size=batch_size, progress=bar
             )
+
+    def add_adapter(self, adapter_config: Any, adapter_name: str | None = None) -> None:
+        """sentence-transformers' adapter method, run through peft's own API so that it works with
+        the peft releases that install today: a ``peft.LoraConfig`` becomes the echo module's
+        adapter (:func:`echo_embeddings.add_lora` with its rank, alpha, dropout, targets and layers)."""
+        if adapter_name not in (None, "default"):
+            raise ValueError("One adapter per model: leave adapter_name out")
+        targets = adapter_config.target_modules
+        if isinstance(targets, str):
+            raise ValueError("Give target_modules as a list of module names; a regular expression is not supported here")
+        layers = adapter_config.layers_to_transform
+        self[0].add_lora(
+            r=adapter_config.r, alpha=adapter_config.lora_alpha, dropout=adapter_config.lora_dropout,
+            target_modules=sorted(targets) if targets else None, layers=[layers] if isinstance(layers, int) else layers,
+        )
 
     def stream(
         self, texts: Iterable[str], *, chunk_size: int = 4096, show_progress_bar: bool = False, **encode_options: Any

@@ -14,7 +14,7 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 import echo_embeddings
 from echo_embeddings import PRESETS, adapter_cache as shared
-from helpers import assert_same_as_the_saved_model, loop_ticks_during, save_dense_model, save_tiny_model
+from helpers import assert_same_as_the_saved_model, loop_ticks_during, save_dense_model, save_lora_model, save_tiny_model
 from langchain_echo_embeddings import EchoEmbeddings
 
 _DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))
@@ -114,5 +114,12 @@ def test_retriever_returns_the_relevant_document_first() -> None:
 def test_a_saved_model_runs_its_whole_module_list(tmp_path) -> None:
     """A Dense projection (32 -> 8) and Normalize after the echo module apply here exactly as in sentence-transformers."""
     folder = str(save_dense_model(tmp_path))
+    adapter = EchoEmbeddings(model=folder, device="cpu")
+    assert_same_as_the_saved_model(folder, adapter.embed_documents, adapter.embed_query)
+
+
+def test_a_saved_lora_adapter_loads_onto_its_base(tmp_path) -> None:
+    """A fine-tuned model saved as an adapter alone gives the saved model's vectors here too."""
+    folder = str(save_lora_model(tmp_path))
     adapter = EchoEmbeddings(model=folder, device="cpu")
     assert_same_as_the_saved_model(folder, adapter.embed_documents, adapter.embed_query)

@@ -15,7 +15,7 @@ from llama_index.core.node_parser import SentenceSplitter
 
 import echo_embeddings
 from echo_embeddings import PRESETS
-from helpers import assert_same_as_the_saved_model, loop_ticks_during, save_dense_model, save_tiny_model
+from helpers import assert_same_as_the_saved_model, loop_ticks_during, save_dense_model, save_lora_model, save_tiny_model
 from llama_index.embeddings.echo import EchoEmbedding
 
 _DATA = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "retrieval.json").read_text(encoding="utf-8"))
@@ -130,5 +130,12 @@ def test_vector_index_returns_the_relevant_node_first() -> None:
 def test_a_saved_model_runs_its_whole_module_list(tmp_path) -> None:
     """A Dense projection (32 -> 8) and Normalize after the echo module apply here exactly as in sentence-transformers."""
     folder = str(save_dense_model(tmp_path))
+    adapter = EchoEmbedding(model_name=folder, device="cpu")
+    assert_same_as_the_saved_model(folder, adapter.get_text_embedding_batch, adapter.get_query_embedding)
+
+
+def test_a_saved_lora_adapter_loads_onto_its_base(tmp_path) -> None:
+    """A fine-tuned model saved as an adapter alone gives the saved model's vectors here too."""
+    folder = str(save_lora_model(tmp_path))
     adapter = EchoEmbedding(model_name=folder, device="cpu")
     assert_same_as_the_saved_model(folder, adapter.get_text_embedding_batch, adapter.get_query_embedding)

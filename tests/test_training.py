@@ -1,0 +1,176 @@
+"""Fine-tuning: LoRA through peft's own API, adapter-only saves, merging, the trainer on echo
+templates, training files checked before any model work, and the train command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig
+
+import echo_embeddings
+from echo_embeddings import cli, training
+from echo_embeddings.evaluation import DataError
+from helpers import save_lora_model, save_tiny_model
+
+TEXTS = ["A man is playing a guitar.", "Dogs run in the park.", "The market fell sharply."]
+
+
+def scored_rows(n: int = 16) -> list[tuple]:
+    similar = [(f"A dog runs in the park {i}.", f"A dog is running in a park {i}.", 5.0) for i in range(n)]
+    different = [(f"The market fell {i}.", f"A cat sleeps on the sofa {i}.", 0.0) for i in range(n)]
+    return [r for pair in zip(similar, different) for r in pair]
+
+
+def gap(model, rows) -> float:
+    """Mean cosine of similar pairs minus that of unrelated pairs."""
+    a = model.encode([r[0] for r in rows], normalize_embeddings=True)
+    b = model.encode([r[1] for r in rows], normalize_embeddings=True)
+    cosine = (a * b).sum(1)
+    scores = np.array([r[2] for r in rows])
+    return float(cosine[scores > 2].mean() - cosine[scores <= 2].mean())
+
+
+def test_a_few_lora_steps_separate_the_pairs_and_train_only_the_adapter(tmp_path) -> None:
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = scored_rows()
+    before = gap(model, rows)
+    training.train(model, training.TrainingData("scored", rows, "memory"), tmp_path / "out", max_steps=8, batch_size=8, learning_rate=5e-3, show_progress_bar=False)
+    assert gap(model, rows) > before + 0.05
+    changed = {n for n, p in model.named_parameters() if n in base and not torch.equal(p, base[n])}
+    assert changed == set()  # the base weights never moved
+    saved = json.loads((tmp_path / "out" / "echo_embeddings_config.json").read_text())
+    assert saved["lora"]["r"] == 16 and saved["base_model"] == str((tmp_path / "base").resolve())
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    again = echo_embeddings.load(str(tmp_path / "out"), device="cpu")
+    assert torch.allclose(again.encode(TEXTS, convert_to_tensor=True), model.encode(TEXTS, convert_to_tensor=True), atol=1e-6)
+
+
+def test_full_fine_tuning_saves_full_weights(tmp_path) -> None:
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
+    rows = scored_rows(8)
+    before = gap(model, rows)
+    training.train(model, training.TrainingData("scored", rows, "memory"), tmp_path / "out", lora=False, max_steps=6, batch_size=8, learning_rate=1e-3, show_progress_bar=False)
+    assert gap(model, rows) > before
+    assert (tmp_path / "out" / "model.safetensors").exists() and model[0].lora is None
+    again = echo_embeddings.load(str(tmp_path / "out"), device="cpu")
+    assert torch.allclose(again.encode(TEXTS, convert_to_tensor=True), model.encode(TEXTS, convert_to_tensor=True), atol=1e-6)
+
+
+def test_adapter_round_trip_and_merge(tmp_path) -> None:
+    folder = save_lora_model(tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors") == ["adapter_model.safetensors"]
+    assert (folder / "adapter_model.safetensors").stat().st_size < 100_000
+    model = echo_embeddings.load(str(folder), device="cpu")
+    base = echo_embeddings.load(str(tmp_path / "base"), device="cpu")
+    adapted = model.encode(TEXTS, convert_to_tensor=True)
+    assert (adapted - base.encode(TEXTS, convert_to_tensor=True)).abs().max() > 1e-3  # the adapter acts
+    echo_embeddings.merge_lora(model)
+    assert model[0].lora is None and torch.allclose(model.encode(TEXTS, convert_to_tensor=True), adapted, atol=1e-5)
+    model.save(str(tmp_path / "merged"))
+    merged = echo_embeddings.load(str(tmp_path / "merged"), device="cpu")
+    assert torch.allclose(merged.encode(TEXTS, convert_to_tensor=True), adapted, atol=1e-5)
+    with pytest.raises(ValueError, match="no LoRA adapter to merge"):
+        echo_embeddings.merge_lora(merged)
+
+
+def test_sentence_transformers_add_adapter_takes_a_peft_config(make_model) -> None:
+    model = make_model("echo")
+    before = model.encode(TEXTS, convert_to_tensor=True)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=[3]))
+    assert model[0].lora == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers": [3]}
+    assert torch.allclose(model.encode(TEXTS, convert_to_tensor=True), before)  # an adapter starts at zero
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".3." in n for n in trainable)
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):
+        echo_embeddings.add_lora(model)
+    with pytest.raises(ValueError, match="outside the model's 0..3"):
+        echo_embeddings.add_lora(make_model("echo"), layers=[7])
+
+
+def test_an_adapter_on_a_model_object_needs_merging_to_save(make_model, tmp_path) -> None:
+    model = echo_embeddings.add_lora(make_model("echo"), r=2)
+    with pytest.raises(ValueError, match="merge_lora"):
+        model.save(str(tmp_path / "x"))
+
+
+def test_training_batches_lay_texts_into_the_inference_templates(make_model) -> None:
+    """What the trainer's collator gets from ``preprocess`` is what ``encode`` runs, per task."""
+    module = make_model("echo")[0]
+    for task in (None, "query", "document"):
+        features = module.preprocess(TEXTS, task=task)
+        expected = module.engine.tokenize(TEXTS, task).as_features()
+        assert features.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(features[key], value) if isinstance(value, torch.Tensor) else features[key] == value
+    assert training.ROUTES == {"anchor": "query", "positive": "document", "negative": "document"}
+
+
+def test_training_files_are_read_and_checked(tmp_path) -> None:
+    scored = tmp_path / "scored.tsv"
+    scored.write_text("score\tsentence1\tsentence2\n4.5\tA dog runs.\tA dog is running.\n0.5\tStocks fell.\tA cat sleeps.\n")
+    data = training.read_training_file(scored)
+    assert data.kind == "scored" and data.rows[0] == ("A dog runs.", "A dog is running.", 4.5)
+    assert data.dataset().column_names == ["sentence1", "sentence2", "score"]
+    triplets = tmp_path / "triplets.jsonl"
+    triplets.write_text('{"anchor": "where is the dog", "positive": "The dog is in the park.", "negative": "Stocks fell."}\n')
+    assert training.read_training_file(triplets).kind == "triplets"
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text('question,answer\n"what runs, quickly?",A dog runs.\n')
+    assert training.read_training_file(pairs, ["question", "answer"]).kind == "pairs"
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("score\tsentence1\tsentence2\n4.5\tA dog runs.\tA dog is running.\nhigh\tA\tB\n")
+    with pytest.raises(DataError, match=r"bad.tsv:3: score 'high' in column 'score' is not a number"):
+        training.read_training_file(bad)
+    bad.write_text("score\tsentence1\tsentence2\n4.5\tA dog runs.\t \n")
+    with pytest.raises(DataError, match=r"bad.tsv:2: column 'sentence2' is empty"):
+        training.read_training_file(bad)
+    bad.write_text("a\tb\n1\t2\n")
+    with pytest.raises(DataError, match=r"cannot tell which columns hold the texts .* --text-columns"):
+        training.read_training_file(bad)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": \n')
+    with pytest.raises(DataError, match=r"broken.jsonl:2: not a JSON object"):
+        training.read_training_file(broken)
+    with pytest.raises(DataError, match="different shapes cannot be mixed"):
+        training.read_training_files([scored, triplets])
+    with pytest.raises(DataError, match="loss 'mnrl' needs pairs or triplets, but the data are scored"):
+        training.check_loss("scored", "mnrl")
+
+
+def test_pairs_from_a_corpus(tmp_path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"_id": str(i), "title": f"Title {i}", "text": f"The body of document {i} is long enough."}) for i in range(3)))
+    data = training.pairs_from_corpus(corpus)
+    assert data.kind == "pairs" and data.rows[0] == ("Title 0", "The body of document 0 is long enough.")
+    text = tmp_path / "notes.txt"
+    text.write_text("First paragraph, long enough to count.\n\nSecond paragraph, long enough too.\n\nThird paragraph closes the notes.")
+    assert training.pairs_from_corpus(text).rows[1] == ("Second paragraph, long enough too.", "Third paragraph closes the notes.")
+
+
+def test_the_train_command(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    base = str(save_tiny_model(tmp_path / "base"))
+    data = tmp_path / "train.tsv"
+    data.write_text("score\tsentence1\tsentence2\n" + "\n".join(f"{r[2]}\t{r[0]}\t{r[1]}" for r in scored_rows(8)))
+    argv = ["train", str(data), "--model", base, "--out", str(tmp_path / "out"), "--max-steps", "2", "--batch-size", "4", "--dev", str(data), "--lora-layers", "2-3"]
+    assert cli.main(argv) == 0
+    assert "LoRA adapter on" in capsys.readouterr().out
+    config = json.loads((tmp_path / "out" / "echo_embeddings_config.json").read_text())
+    assert config["lora"]["layers"] == [2, 3]
+    assert echo_embeddings.load(str(tmp_path / "out")).encode(TEXTS).shape == (3, 32)
+    assert cli.main([*argv[:4], "--out", str(tmp_path / "merged"), "--max-steps", "1", "--merge"]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"_id": str(i), "title": f"Title {i}", "text": f"The body of document {i} is long enough."}) for i in range(8)))
+    assert cli.main(["train", "--pairs-from", str(corpus), "--model", base, "--out", str(tmp_path / "adapted"), "--max-steps", "1", "--batch-size", "4"]) == 0
+    # Bad input stops before any model work, naming the file and line.
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("score\tsentence1\tsentence2\nx\ta\tb\n")
+    assert cli.main(["train", str(bad), "--model", "no-such-model", "--out", str(tmp_path / "never")]) == 2
+    assert "bad.tsv:2: score 'x'" in capsys.readouterr().err
+    assert cli.main(["train", "--model", base, "--out", str(tmp_path / "never")]) == 2
+    assert cli.main(["train", str(data), "--loss", "mnrl", "--model", "no-such-model", "--out", str(tmp_path / "never")]) == 2
