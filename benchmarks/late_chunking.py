@@ -2,17 +2,18 @@
 chunking, side by side (nDCG@10 with bootstrap 95% intervals over queries), plus throughput on
 1,000-token documents.
 
-    python benchmarks/late_chunking.py --model smollm2-135m --corpus-size 500
-    python benchmarks/late_chunking.py --model gemma3-270m --corpus-size 500
+    python benchmarks/late_chunking.py --model smollm2-135m --corpus-size 300 --output-layer -3
+    python benchmarks/late_chunking.py --model gemma3-270m --corpus-size 300 --output-layer -3
 
-A document scores as its best chunk. Rows:
+A document scores as its best chunk. Every row uses the same ``--output-layer``. Rows:
 
 - whole: the document embedded as one text (nothing truncated: it fits max_seq_length);
 - naive-N: each N-token chunk embedded alone with echo's document template;
 - causal-late-N: the ``mean`` strategy (one copy) with its chunks pooled from the document's forward;
-- echo-late-N: echo with its chunks pooled from the second copy.
+- echo-late-N: echo late chunking as it ships (a chunk's tokens pooled from both copies);
+- echo-2nd-late-N: echo late chunking from the second copy only (``copies="pooled"``).
 
-Late chunking at 64 and 256 tokens and the whole document share one forward per document here
+The whole document and its late chunks at 64 and 256 tokens share one forward per document here
 (the engine pools overlapping token ranges); the script checks on a few documents that this equals
 ``model.encode_chunks`` for each size, which is what ``echo-embeddings evaluate --chunking late`` runs.
 """
@@ -38,13 +39,13 @@ def normalized(x: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(x.float(), p=2, dim=1).numpy()
 
 
-def late_in_one_pass(model, documents: list[str]) -> dict[str, list[np.ndarray]]:
+def late_in_one_pass(model, documents: list[str], copies: str) -> dict[str, list[np.ndarray]]:
     """Per document: the whole-document vector and its late chunks at each size, from one forward."""
     engine = model[0].engine
     docs = tokenize_documents(engine, documents)
     per_size = {n: [spans_to_tokens(d, split_by_tokens(d, n)) for d in docs] for n in SIZES}
     ranges = [[(0, len(d.ids)), *(r for n in SIZES for r in per_size[n][i])] for i, d in enumerate(docs)]
-    vectors = late_chunk_vectors(engine, docs, ranges, batch_size=256)
+    vectors = late_chunk_vectors(engine, docs, ranges, copies=copies, batch_size=256)
     out: dict[str, list[np.ndarray]] = {"whole": [], **{f"late-{n}": [] for n in SIZES}}
     for i, v in enumerate(vectors):
         v = normalized(after_first_module(model, v))
@@ -57,7 +58,7 @@ def late_in_one_pass(model, documents: list[str]) -> dict[str, list[np.ndarray]]
     # The public path gives the same vectors.
     check = documents[:4]
     for n in SIZES:
-        found = model.encode_chunks(check, chunk_tokens=n, normalize_embeddings=True)
+        found = model.encode_chunks(check, chunk_tokens=n, copies=copies, normalize_embeddings=True)
         for got, want in zip(found, out[f"late-{n}"]):
             assert np.allclose(np.stack([c.embedding for c in got]), want, atol=2e-4), f"one-pass and encode_chunks differ at {n} tokens"
     return out
@@ -97,7 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact_dev"))
-    parser.add_argument("--corpus-size", type=int, default=500)
+    parser.add_argument("--corpus-size", type=int, default=300)
+    parser.add_argument("--output-layer", type=int, default=None, help="hidden state pooled by every row (default: the model's default)")
     parser.add_argument("--queries", type=int, default=None, help="use the first N queries only (a quick check)")
     parser.add_argument("--out", default="results/late_chunking")
     args = parser.parse_args()
@@ -112,12 +114,18 @@ def main() -> None:
     results: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
 
-    echo = echo_embeddings.load(args.model, "echo")
+    layer = {} if args.output_layer is None else {"output_layer": args.output_layer}
+    echo = echo_embeddings.load(args.model, "echo", **layer)
     echo_queries = echo.encode(query_texts, task="query", normalize_embeddings=True)
     start = time.perf_counter()
-    for name, chunks in late_in_one_pass(echo, documents).items():
-        results[name if name == "whole" else f"echo-{name}"] = scores(task, echo_queries, chunks)
-    timings["echo whole + late (one pass)"] = time.perf_counter() - start
+    for name, chunks in late_in_one_pass(echo, documents, "all").items():
+        if name != "whole":
+            results[f"echo-{name}"] = scores(task, echo_queries, chunks)
+    timings["echo late, both copies (one pass)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for name, chunks in late_in_one_pass(echo, documents, "pooled").items():
+        results[name if name == "whole" else f"echo-2nd-{name}"] = scores(task, echo_queries, chunks)
+    timings["echo whole + late, 2nd copy (one pass)"] = time.perf_counter() - start
     for n in SIZES:
         start = time.perf_counter()
         found = echo.encode_chunks(documents, chunk_tokens=n, chunking="naive", normalize_embeddings=True)
@@ -126,28 +134,29 @@ def main() -> None:
     speed = throughput(echo, documents)
     del echo
 
-    causal = echo_embeddings.load(args.model, "mean")
+    causal = echo_embeddings.load(args.model, "mean", **layer)
     causal_queries = causal.encode(query_texts, task="query", normalize_embeddings=True)
     start = time.perf_counter()
-    for name, chunks in late_in_one_pass(causal, documents).items():
+    for name, chunks in late_in_one_pass(causal, documents, "all").items():
         results["causal-whole" if name == "whole" else f"causal-{name}"] = scores(task, causal_queries, chunks)
     timings["causal whole + late (one pass)"] = time.perf_counter() - start
 
-    order = ["whole", "causal-whole", *(f"{kind}-{n}" for n in SIZES for kind in ("naive", "causal-late", "echo-late"))]
-    print(f"\n{'configuration':<16} {'nDCG@10':>8}  95% interval")
+    order = ["whole", "causal-whole", *(f"{kind}-{n}" for n in SIZES for kind in ("naive", "causal-late", "echo-2nd-late", "echo-late"))]
+    print(f"\n{'configuration':<18} {'nDCG@10':>8}  95% interval")
     for name in order:
         low, high = interval(results[name])
-        print(f"{name:<16} {100 * results[name].mean():8.2f}  [{low:.1f}, {high:.1f}]")
+        print(f"{name:<18} {100 * results[name].mean():8.2f}  [{low:.1f}, {high:.1f}]")
     for n in SIZES:
-        gain = results[f"echo-late-{n}"] - results[f"naive-{n}"]
-        low, high = interval(gain)
-        print(f"echo-late-{n} minus naive-{n}: {100 * gain.mean():+.2f} [{low:+.1f}, {high:+.1f}]")
+        for other in ("naive", "causal-late"):
+            gain = results[f"echo-late-{n}"] - results[f"{other}-{n}"]
+            low, high = interval(gain)
+            print(f"echo-late-{n} minus {other}-{n}: {100 * gain.mean():+.2f} [{low:+.1f}, {high:+.1f}]")
     print("\nseconds:", {k: round(v, 1) for k, v in timings.items()})
     print("tokens/s:", {k: round(v) for k, v in speed.items()}, f"ratio 1000/250: {speed['1000-token docs'] / speed['250-token docs']:.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "model": args.model, "queries": len(task.queries), "documents": len(documents),
+        "model": args.model, "output_layer": args.output_layer, "queries": len(task.queries), "documents": len(documents),
         "ndcg@10": {k: 100 * float(v.mean()) for k, v in results.items()}, "interval": {k: interval(v) for k, v in results.items()},
         "seconds": timings, "tokens_per_second": speed, "versions": {"echo-embeddings": echo_embeddings.__version__, "torch": torch.__version__},
     }

@@ -22,20 +22,21 @@ DOCUMENT = (
 SHORT = "Dogs run in the park."
 
 
-def by_hand(model, document: str, spans: list[tuple[int, int]], task: str = "document") -> np.ndarray:
+def by_hand(model, document: str, spans: list[tuple[int, int]], copies: str = "all", task: str = "document") -> np.ndarray:
     """Each span's vector the slow way: the full prompt through the plain decoder (no cache, no
-    packing), then the mean over the pooled copy's tokens that start inside the span."""
+    packing), then the mean over the tokens that start inside the span, in every copy of the
+    document or in the pooled copy only."""
     engine = model[0].engine
     (layout,) = engine.layouts(task)
     ids, offsets = engine.pieces.encode_with_offsets(document, layout.lead)
     prompt, _, _ = layout.build(ids)
-    copy = layout.pooled_copy(len(ids))
+    starts = layout.copies(len(ids)) if copies == "all" else [layout.pooled_copy(len(ids))]
     with torch.no_grad():
         hidden = engine.model(input_ids=torch.tensor([prompt])).last_hidden_state[0]
     out = []
     for start, end in spans:
         tokens = [i for i, (a, _) in enumerate(offsets) if start <= a < end]
-        out.append(hidden[[copy + i for i in tokens]].mean(0).numpy())
+        out.append(hidden[[c + i for c in starts for i in tokens]].mean(0).numpy())
     return np.stack(out)
 
 
@@ -84,15 +85,18 @@ def test_token_chunks_end_at_sentence_ends_and_partition_the_tokens(make_model, 
     assert split_by_tokens(doc, 2 * first_of_second + 6)[0][1] > second
 
 
-@pytest.mark.parametrize("strategy", ["echo", "mean"])
-def test_late_chunks_equal_pooling_by_hand(make_model, tokenizer, strategy: str) -> None:
+@pytest.mark.parametrize(("strategy", "copies"), [("echo", "all"), ("echo", "pooled"), ("mean", "all")])
+def test_late_chunks_equal_pooling_by_hand(make_model, tokenizer, strategy: str, copies: str) -> None:
     model = make_model(strategy, tokenizer=tokenizer)
     assert model[0].engine.fast_paths["prefix_cache"] == "on"
     spans = [(0, 33), (34, 96), (98, 150), (150, len(DOCUMENT))]
-    (chunks,) = model.encode_chunks([DOCUMENT], [spans])
+    (chunks,) = model.encode_chunks([DOCUMENT], [spans], copies=copies)
     assert [(c.start, c.end) for c in chunks] == spans
-    want = by_hand(model, DOCUMENT, spans)
+    want = by_hand(model, DOCUMENT, spans, copies)
     assert np.abs(np.stack([c.embedding for c in chunks]) - want).max() < 1e-5
+    if strategy == "mean":  # one copy: both settings are plain causal late chunking
+        (pooled,) = model.encode_chunks([DOCUMENT], [spans], copies="pooled")
+        assert all(np.array_equal(a.embedding, b.embedding) for a, b in zip(chunks, pooled))
 
 
 def test_packed_and_padded_batches_agree(make_model) -> None:
@@ -108,17 +112,17 @@ def test_packed_and_padded_batches_agree(make_model) -> None:
         assert np.abs(np.stack([x.embedding for x in b]) - np.stack([x.embedding for x in c])).max() < 1e-5
 
 
-def test_one_span_over_the_whole_document_is_its_embedding(make_model) -> None:
+def test_one_span_over_the_pooled_copy_is_the_document_embedding(make_model) -> None:
     model = make_model("echo")
     documents = [DOCUMENT, SHORT]
-    whole = model.encode_chunks(documents, [[(0, len(d))] for d in documents])
+    whole = model.encode_chunks(documents, [[(0, len(d))] for d in documents], copies="pooled")
     expected = model.encode(documents, task="document")
     assert np.abs(np.stack([c[0].embedding for c in whole]) - expected).max() < 1e-5
 
 
 def test_modules_after_the_echo_module_apply(tmp_path) -> None:
     model = echo_embeddings.load(str(save_dense_model(tmp_path)), device="cpu")
-    (whole,) = model.encode_chunks([DOCUMENT], [[(0, len(DOCUMENT))]])
+    (whole,) = model.encode_chunks([DOCUMENT], [[(0, len(DOCUMENT))]], copies="pooled")
     assert whole[0].embedding.shape == (8,)
     assert np.abs(whole[0].embedding - model.encode_document([DOCUMENT])[0]).max() < 1e-5
     (late,) = model.encode_chunks([DOCUMENT], chunk_tokens=10)
@@ -162,15 +166,18 @@ def test_macro_windows(make_model) -> None:
     (windowed,) = model.encode_chunks([DOCUMENT], [spans], window_overlap=6)
     assert len(windowed) == len(spans)
     plan = windows(len(doc.ids), 20, 6)
-    states = torch.zeros(len(doc.ids), 32)
+    states, states2 = torch.zeros(len(doc.ids), 32), torch.zeros(len(doc.ids), 32)
     for start, stop, own_start, own_stop in plan:
         prompt, _, _ = layout.build(doc.ids[start:stop])
-        copy = layout.pooled_copy(stop - start)
+        first, second = layout.copies(stop - start)
         with torch.no_grad():
             hidden = engine.model(input_ids=torch.tensor([prompt])).last_hidden_state[0]
-        states[own_start:own_stop] = hidden[copy + own_start - start : copy + own_stop - start]
+        # Both copies of each owned token: the first copy's state, then the second's.
+        states[own_start:own_stop] = hidden[first + own_start - start : first + own_stop - start]
+        states2[own_start:own_stop] = hidden[second + own_start - start : second + own_stop - start]
     for (first, stop), chunk in zip(spans_to_tokens(doc, spans), windowed):
-        assert torch.allclose(torch.from_numpy(chunk.embedding), states[first:stop].mean(0), atol=1e-5)
+        expected = torch.cat([states[first:stop], states2[first:stop]]).mean(0)
+        assert torch.allclose(torch.from_numpy(chunk.embedding), expected, atol=1e-5)
     assert np.abs(windowed[1].embedding - fits[1].embedding).max() > 1e-4  # less context than the whole document
 
 
@@ -207,6 +214,8 @@ def test_bad_inputs_fail_clearly(make_model) -> None:
         model.encode_chunks([SHORT], chunk_tokens=0)
     with pytest.raises(ValueError, match="pools the last token"):
         make_model("prompteol").encode_chunks([SHORT])
+    with pytest.raises(ValueError, match="copies must be 'all' or 'pooled'"):
+        model.encode_chunks([SHORT], copies="second")
 
 
 def test_long_documents_fit_by_default(bpe_tokenizer) -> None:

@@ -108,13 +108,13 @@ LONG_DOCUMENT = (
 @pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
 def test_late_chunking_on_the_real_tokenizers(alias: str) -> None:
     """Byte-level BPE (SmolLM2) and SentencePiece (Gemma 3): chunks cover the document exactly,
-    one span over the whole document is its embedding, and a late chunk carries more of the
-    document than the same text embedded alone."""
+    one span over the whole pooled copy is the document's embedding, and a late chunk carries more
+    of the document than the same text embedded alone."""
     model = echo_embeddings.load(alias, "echo", device="cpu")
     (chunks,) = model.encode_chunks([LONG_DOCUMENT], chunk_tokens=24, normalize_embeddings=True)
     assert "".join(c.text for c in chunks) == LONG_DOCUMENT and len(chunks) >= 3
     assert all(LONG_DOCUMENT[c.start : c.end] == c.text for c in chunks)
-    ((whole,),) = model.encode_chunks([LONG_DOCUMENT], [[(0, len(LONG_DOCUMENT))]], normalize_embeddings=True)
+    ((whole,),) = model.encode_chunks([LONG_DOCUMENT], [[(0, len(LONG_DOCUMENT))]], copies="pooled", normalize_embeddings=True)
     expected = model.encode_document([LONG_DOCUMENT], normalize_embeddings=True)[0]
     assert float(whole.embedding @ expected) >= 0.9999
     start = LONG_DOCUMENT.index("Its population")

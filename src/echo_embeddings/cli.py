@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         help="retrieval: embed documents as chunks, late (pooled from the whole document) or naive (each chunk alone); a document scores as its best chunk",
     )
     ev_parser.add_argument("--chunk-tokens", type=int, default=256, help="chunk size in tokens with --chunking (default: %(default)s)")
+    ev_parser.add_argument("--output-layer", type=int, default=None, help="hidden state to pool for every model and strategy (default: each one's own)")
     ev_parser.add_argument("--runs", type=int, default=3, help="classification runs, each with its own seed and training sample")
     ev_parser.add_argument("--max-train", type=int, default=2000, help="training sample cap per classification run")
     ev_parser.add_argument("--batch-size", type=int, default=256, help="most texts per batch; the token budget usually decides")
@@ -170,7 +171,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         for strategy in _split([args.strategy]):
             column = f"{model_name}/{strategy}" + (f"/{args.chunking}-{args.chunk_tokens}" if args.chunking else "")
             print(f"== {column}", file=sys.stderr)
-            model = echo_embeddings.load(model_name, strategy, device=args.device)
+            layer = {} if args.output_layer is None else {"output_layer": args.output_layer}
+            try:
+                model = echo_embeddings.load(model_name, strategy, device=args.device, **layer)
+            except ValueError as error:  # a layer the model does not have, an unknown strategy, ...
+                raise ev.DataError(f"{column}: {error}") from error
             module = model[0]
             settings = module.get_config_dict() | {"model": model_name, "version": echo_embeddings.__version__}
             cache = ev.EmbeddingCache(out / "cache.sqlite", settings)

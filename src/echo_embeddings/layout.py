@@ -44,17 +44,23 @@ class Layout:
             ids.extend(seg)
         return tuple(ids)
 
-    def pooled_copy(self, text_length: int) -> int:
-        """Where the pooled copy of a ``text_length``-token text starts in :meth:`build`'s ids (echo:
-        the second copy). Raises ValueError if the template pools no copy of the text."""
-        position, found = 0, None
-        for seg, pooled in zip(self.segments, self.pooled):
-            if seg is None and pooled:
-                found = position
+    def copies(self, text_length: int) -> list[int]:
+        """Where each copy of a ``text_length``-token text starts in :meth:`build`'s ids."""
+        position, starts = 0, []
+        for seg in self.segments:
+            if seg is None:
+                starts.append(position)
             position += text_length if seg is None else len(seg)
-        if found is None:
+        return starts
+
+    def pooled_copy(self, text_length: int) -> int:
+        """Where the pooled copy of a ``text_length``-token text starts (echo: the second copy).
+        Raises ValueError if the template pools no copy of the text."""
+        flags = [pooled for seg, pooled in zip(self.segments, self.pooled) if seg is None]
+        pooled = [start for start, flag in zip(self.copies(text_length), flags) if flag]
+        if not pooled:
             raise ValueError(f"The template {self.template.spec!r} pools no copy of the text")
-        return found
+        return pooled[-1]
 
     def build(self, text_ids: list[int]) -> tuple[list[int], list[int], int | None]:
         """Ids, pooled positions and the placeholder position for one tokenized text."""

@@ -30,7 +30,7 @@ from . import __version__
 from .batching import Batch
 from .engine import DEFAULT_BATCH_SIZE, Engine, check_texts, chunked, known_length
 from . import late_chunking, lora
-from .late_chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunking
+from .late_chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunking, Copies
 from .loading import load_decoder
 from .presets import CHECKPOINT_PRESETS, DEFAULT_INSTRUCTION, PRESETS, Preset
 from .template import Pooling, Template
@@ -350,6 +350,7 @@ class EchoSentenceTransformer(SentenceTransformer):
         chunking: Chunking = "late",
         task: str | None = "document",
         window_overlap: int | None = None,
+        copies: Copies = "all",
         batch_size: int = DEFAULT_BATCH_SIZE,
         normalize_embeddings: bool = False,
         show_progress_bar: bool = False,
@@ -371,6 +372,9 @@ class EchoSentenceTransformer(SentenceTransformer):
             window_overlap: tokens shared by consecutive windows for documents longer than a
                 window (``max_seq_length`` with the template and every copy); default
                 ``min(256, window // 4)``.
+            copies: late chunking pools a chunk's tokens from ``"all"`` copies of the document
+                (echo: the first copy, read up to the chunk, and the second, read in full) or from
+                the template's ``"pooled"`` copy only (echo: the second).
             batch_size, normalize_embeddings, show_progress_bar: as in :meth:`encode`.
 
         Returns:
@@ -391,7 +395,7 @@ class EchoSentenceTransformer(SentenceTransformer):
         with tqdm(desc="Late chunking", disable=not show_progress_bar, unit="window") as bar:
             ranges = [late_chunking.spans_to_tokens(doc, doc_spans) for doc, doc_spans in zip(docs, spans)]
             pooled = late_chunking.late_chunk_vectors(
-                engine, docs, ranges, task=task, window_overlap=window_overlap, batch_size=batch_size, progress=bar
+                engine, docs, ranges, task=task, window_overlap=window_overlap, copies=copies, batch_size=batch_size, progress=bar
             )
         vectors = late_chunking.after_first_module(self, torch.cat(pooled))
         if normalize_embeddings:
