@@ -48,6 +48,7 @@ def test_nodes_have_exact_offsets_and_the_core_vectors(parser, tiny_folder: str)
     assert documents[0].excluded_embed_metadata_keys == []  # the user's documents are untouched
 
 
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
 def test_an_index_keeps_the_late_vectors(parser, tiny_folder: str) -> None:
     nodes = parser.get_nodes_from_documents([Document(text=t) for t in TEXTS])
     client = QdrantClient(location=":memory:")
