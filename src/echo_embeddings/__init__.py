@@ -79,7 +79,8 @@ def add_lora(
     """Put a LoRA adapter into the model's decoder, for fine-tuning; returns the model.
 
     Only the adapter trains; it starts at zero, so vectors are unchanged until training. ``save``
-    then writes the adapter alone (a few MB) and names the base model; ``load`` reattaches it.
+    then writes the adapter alone (a few percent of the full weights) and names the base model;
+    ``load`` reattaches it.
 
     Args:
         model: a model from :func:`load`.

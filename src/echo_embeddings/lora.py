@@ -3,7 +3,7 @@
 transformers 5.24's ``model.add_adapter`` asks for peft >= 0.22, newer than the registry has; peft's
 ``inject_adapter_in_model`` works with the releases that install today, so the adapter goes into
 the bare decoder in place (only the adapter weights train). A saved model with an adapter holds
-the adapter (``adapter_model.safetensors``, a few MB) and names its base model; loading reads the
+the adapter (``adapter_model.safetensors``, a few percent of the full weights) and names its base model; loading reads the
 base and reattaches the adapter. :func:`merge_lora` folds the adapter into the weights instead.
 """
 
