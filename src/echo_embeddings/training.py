@@ -234,8 +234,8 @@ def train(
         lora, lora_rank, lora_layers: train a LoRA adapter (default) on these layers (default all);
             ``lora=False`` trains every weight.
         loss: override the loss chosen from the data's shape.
-        eval_steps, save_steps: how often to evaluate and save a checkpoint (default: about 10
-            times per run).
+        eval_steps, save_steps: how often to evaluate (default: about 10 times per run) and save a
+            checkpoint (default: 4 times per run; the last two are kept).
         seed: for the data order and the adapter's initialisation.
     """
     import torch
@@ -250,7 +250,7 @@ def train(
             add_lora(model, r=lora_rank, alpha=2 * lora_rank, layers=list(lora_layers) if lora_layers is not None else None)
     loss_fn = loss_for(model, data.kind, loss)
     steps = max_steps if max_steps > 0 else math.ceil(len(data) / batch_size * epochs)
-    every = eval_steps or save_steps or max(steps // 10, 1)
+    every = eval_steps or max(steps // 10, 1)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(out) / "checkpoints"),
         num_train_epochs=epochs,
@@ -262,7 +262,7 @@ def train(
         eval_strategy="steps" if dev is not None else "no",
         eval_steps=eval_steps or every,
         save_strategy="steps",
-        save_steps=save_steps or every,
+        save_steps=save_steps or max(steps // 4, 1),
         save_total_limit=2,
         logging_steps=max(every // 2, 1),
         seed=seed,
