@@ -244,13 +244,13 @@ def late_chunk_vectors(
 
     with torch.inference_mode():
         pooled = engine.embed_prepared(items, forward, pooling="mean", batch_size=batch_size, progress=progress)
-    sums = torch.zeros(first_chunk[-1], engine.hidden_size)
-    counts = torch.zeros(first_chunk[-1], 1)
-    for w, local in enumerate(parts):
-        for k, (d, c, n) in enumerate(local):
-            sums[first_chunk[d] + c] += pooled[w, k] * n
-            counts[first_chunk[d] + c] += n
-    vectors = sums / counts
+    # Each window's part of a chunk, weighted by its tokens: a chunk read in one window is that
+    # window's mean; one that crosses windows is the token-weighted mean of its parts.
+    index = torch.tensor([first_chunk[d] + c for local in parts for d, c, _ in local])
+    weight = torch.tensor([float(n) for local in parts for _, _, n in local]).unsqueeze(1)
+    parts_pooled = torch.cat([pooled[w, : len(local)] for w, local in enumerate(parts)])
+    sums = torch.zeros(first_chunk[-1], pooled.shape[-1]).index_add_(0, index, parts_pooled * weight)
+    vectors = sums / torch.zeros(first_chunk[-1], 1).index_add_(0, index, weight)
     return [vectors[first_chunk[d] : first_chunk[d + 1]] for d in range(len(docs))]
 
 
