@@ -32,8 +32,8 @@ import echo_embeddings
 from echo_embeddings import Engine
 from echo_embeddings.batching import shared_prefix
 from echo_embeddings.forward import decoder_layers, resolve_output_layer
-from echo_embeddings.model_defaults import tp_defaults
 from echo_embeddings.loading import resolve
+from echo_embeddings.model_defaults import preset_defaults
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb_dev.tsv"
 
@@ -205,7 +205,7 @@ def main() -> None:
         engines["(c) echo, padded batches (packing off)"] = Engine(model, tokenizer, "echo", packing=False)
     if "d" in wanted:
         engines["(d) prompteol"] = Engine(model, tokenizer, "prompteol")
-        tp = tp_defaults(model, "prompteol+tp")
+        tp = preset_defaults(model, "prompteol+tp")
         engines[f"(d) prompteol+tp {tp.tp_start}..{tp.tp_stop - 1} @ {tp.output_layer}"] = Engine(model, tokenizer, "prompteol+tp")
         engines["(d) prompteol @ same layer, no tp"] = Engine(model, tokenizer, "prompteol", output_layer=tp.output_layer)
     if "e" in wanted:

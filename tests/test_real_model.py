@@ -104,12 +104,17 @@ LONG_DOCUMENT = (
     'Locals say "Berlin bleibt Berlin" 🐻; the bear has been its symbol since the 13th century.'
 )
 
+OTHER_CITY = (
+    "Madrid is the capital and largest city of Spain. Its population is about 3.3 million, and it lies on "
+    "the river Manzanares. The Prado museum and the Royal Palace draw visitors all year."
+)
+
 
 @pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
 def test_late_chunking_on_the_real_tokenizers(alias: str) -> None:
     """Byte-level BPE (SmolLM2) and SentencePiece (Gemma 3): chunks cover the document exactly,
-    one span over the whole pooled copy is the document's embedding, and a late chunk carries more
-    of the document than the same text embedded alone."""
+    one span over the whole pooled copy is the document's embedding, and late chunks of the same
+    words carry their own documents, which the words embedded alone cannot."""
     model = echo_embeddings.load(alias, "echo", device="cpu")
     (chunks,) = model.encode_chunks([LONG_DOCUMENT], chunk_tokens=24, normalize_embeddings=True)
     assert "".join(c.text for c in chunks) == LONG_DOCUMENT and len(chunks) >= 3
@@ -117,11 +122,19 @@ def test_late_chunking_on_the_real_tokenizers(alias: str) -> None:
     ((whole,),) = model.encode_chunks([LONG_DOCUMENT], [[(0, len(LONG_DOCUMENT))]], copies="pooled", normalize_embeddings=True)
     expected = model.encode_document([LONG_DOCUMENT], normalize_embeddings=True)[0]
     assert float(whole.embedding @ expected) >= 0.9999
-    start = LONG_DOCUMENT.index("Its population")
-    span = [[(start, LONG_DOCUMENT.index(", which", start))]]
-    (late,), (naive,) = (model.encode_chunks([LONG_DOCUMENT], span, chunking=c, normalize_embeddings=True)[0] for c in ("late", "naive"))
-    assert late.text == naive.text == "Its population is about 3.7 million"
-    assert float(late.embedding @ expected) > float(naive.embedding @ expected)
+    # The same words in two documents: embedded alone they are one vector; late chunks tell the
+    # documents apart (summed over the two, each sits nearer its own document than the other one).
+    documents = [LONG_DOCUMENT, OTHER_CITY]
+    spans = [[(d.index("Its population"), d.index("Its population") + len("Its population is about 3."))] for d in documents]
+    berlin, madrid = model.encode_document(documents, normalize_embeddings=True)
+
+    def margin(chunking: str) -> float:
+        (b,), (m,) = model.encode_chunks(documents, spans, chunking=chunking, normalize_embeddings=True)
+        assert b.text == m.text == "Its population is about 3."
+        return float(b.embedding @ berlin - b.embedding @ madrid + m.embedding @ madrid - m.embedding @ berlin)
+
+    assert abs(margin("naive")) < 1e-4
+    assert margin("late") > 0.01
 
 
 def test_the_conversion_cache_is_keyed_by_the_converters(monkeypatch: pytest.MonkeyPatch) -> None:

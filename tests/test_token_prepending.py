@@ -12,7 +12,7 @@ import echo_embeddings
 from conftest import ARCHITECTURES
 from echo_embeddings import Engine, LayerPlan
 from echo_embeddings.forward import UnsupportedModelError, decoder_layers, forward_hidden
-from echo_embeddings.model_defaults import tp_defaults
+from echo_embeddings.model_defaults import preset_defaults
 
 TEXTS = ["A man is playing a guitar.", "Hi", "Someone plays an instrument on the stage while the crowd sings.", ""]
 
@@ -151,7 +151,7 @@ def test_unsupported_model_names_what_is_missing() -> None:
 
 def test_defaults_table_and_fallback(make_model) -> None:
     model = make_model("prompteol+tp")[0]
-    fallback = tp_defaults(model.model)
+    fallback = preset_defaults(model.model)
     assert (fallback.tp_start, fallback.tp_stop, fallback.output_layer) == (1, 2, -2)
     assert model.tp_layers == (1, 2) and model.output_layer == -2
 
@@ -182,8 +182,12 @@ def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
     small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
     smollm2_shaped = AutoModel.from_config(LlamaConfig(vocab_size=49152, num_hidden_layers=30, **small))
     for strategy in ("prompteol+tp", "pcot+tp", "ke+tp"):
-        assert tp_defaults(smollm2_shaped, strategy) == (1, 8, -3)
-    assert tp_defaults(smollm2_shaped, "metaeol+tp") == (1, 1, -1)
+        assert preset_defaults(smollm2_shaped, strategy) == (1, 8, -3)
+    assert preset_defaults(smollm2_shaped, "metaeol+tp") == (1, 1, -1)
+    assert preset_defaults(smollm2_shaped, "echo") == (0, 0, -3)  # tuned output layer, no TP
+    assert preset_defaults(smollm2_shaped, "mean") == (0, 0, -1)  # not in the row: the final layer
+    assert EchoEmbedder(strategy="echo", model=smollm2_shaped, tokenizer=bpe_tokenizer).output_layer == -3
+    assert EchoEmbedder(strategy="{x}", pooling="mean", model=smollm2_shaped, tokenizer=bpe_tokenizer).output_layer == -1
     gemma_shaped = AutoModel.from_config(Gemma3TextConfig(vocab_size=262144, num_hidden_layers=18, head_dim=8, **small)).eval()
     with pytest.warns(UserWarning, match="Token prepending is off by default for this model"):
         module = EchoEmbedder(strategy="prompteol+tp", model=gemma_shaped, tokenizer=bpe_tokenizer)

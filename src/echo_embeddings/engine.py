@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .batching import Batch, Prepared, Row, cut_prefix, longest_first, pack_rows, pad_rows, shared_prefix, token_budget_batches
 from .forward import LayerPlan, decoder_layers, forward_hidden, resolve_output_layer
 from .layout import Layout, PieceTokenizer
-from .model_defaults import tp_defaults
+from .model_defaults import preset_defaults
 from .packing import Packing, fits_window, supports_packing, uses_packed_attention, varlen_kernel
 from .pooling import pool
 from .prefix_cache import PrefixCache, prefix_cache_support
@@ -285,9 +285,9 @@ class Engine:
         return LayerPlan(self.output_layer, self.final_norm, start, stop)
 
     def _defaults(self) -> tuple[tuple[int, int], int]:
-        if not self._preset.token_prepending:
-            return (0, 0), -1
-        found = tp_defaults(self.model, self._preset.name)
+        if not self._preset.token_prepending and self._preset.name not in PRESETS:
+            return (0, 0), -1  # a template string: no tuned setting applies
+        found = preset_defaults(self.model, self._preset.name if self._preset.name in PRESETS else "*+tp")
         return (found.tp_start, found.tp_stop), found.output_layer
 
     def _warn_if_tp_is_off(self) -> None:
