@@ -33,6 +33,7 @@ from tune_whitening import DATA, pairs
 import echo_embeddings
 from echo_embeddings import evaluation as ev
 from echo_embeddings.forward import decoder_layers
+from echo_embeddings.model_defaults import defaults_for
 from echo_embeddings.pooling import pool
 from echo_embeddings.whitening import CovarianceAccumulator, Whitening
 
@@ -254,48 +255,66 @@ def paired_difference(a: dict, b: dict, gold: np.ndarray | None) -> tuple[float,
     return point(a, gold) - point(b, gold), *np.percentile(draws, [2.5, 97.5])
 
 
-def report(results: dict, golds: dict[str, np.ndarray], top: int = 3) -> None:
-    sets = [s for s in (*STS, "SciFact", "Banking77", "AmazonCounterfactual")]
-    sts_names = list(STS)
-    print(f"\n{results['model']}: Spearman x 100 (STS), nDCG@10 (SciFact, {results['corpus_size']} abstracts), accuracy (classification)")
+def report(results: dict, golds: dict[str, np.ndarray]) -> None:
+    """Per strategy: the final layer, the default layer (raw, centered, PCA-128), the best STS
+    layer; then paired differences for each candidate against the final layer and for TP
+    against its base prompt. Last, every hidden state's raw averages (the layer profile)."""
+    sets = [*STS, "SciFact", "Banking77", "AmazonCounterfactual"]
+    n = results["layers"]
+    families = {k: v for k, v in results["families"].items() if k != "all-MiniLM-L6-v2"}
+    print(f"\n{results['model']}: Spearman x 100 (STS), nDCG@10 (SciFact, {results['corpus_size']} abstracts), accuracy (classification);")
+    print("hN = hidden state N (the final one is the model's output); [bootstrap 95% interval]")
     print("| configuration | " + " | ".join(sets) + " | STS-B dev + SICK trial |")
     print("|---|" + "---|" * (len(sets) + 1))
 
     def row(label: str, cells: dict) -> None:
         shown = []
         for s in sets:
-            if s not in cells:
-                shown.append("")
-                continue
-            p, lo, hi = with_interval(cells[s], golds.get(s))
-            shown.append(f"{p:.1f}" if np.isnan(lo) else f"{p:.1f} [{lo:.1f}, {hi:.1f}]")
+            p, lo, hi = with_interval(cells[s], golds.get(s)) if s in cells else (float("nan"),) * 3
+            shown.append("" if np.isnan(p) else f"{p:.1f}" if np.isnan(lo) else f"{p:.1f} [{lo:.1f}, {hi:.1f}]")
         pair = np.mean([point(cells[s], golds[s]) for s in ("STS-B dev", "SICK trial")])
         print(f"| {label} | " + " | ".join(shown) + f" | {pair:.1f} |")
 
+    def difference(label: str, a: dict, b: dict) -> None:
+        shown = []
+        for s in sets:
+            if s not in a or s not in b:
+                shown.append("")
+                continue
+            d, lo, hi = paired_difference(a[s], b[s], golds.get(s))
+            shown.append(f"{d:+.1f}" if np.isnan(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        print(f"| {label} | " + " | ".join(shown) + " | |")
+
+    def sts_average(cells: dict) -> float:
+        return float(np.mean([point(cells[s], golds[s]) for s in STS]))
+
     if "all-MiniLM-L6-v2" in results["families"]:
         row("all-MiniLM-L6-v2", results["families"]["all-MiniLM-L6-v2"]["0/raw"])
-    n = results["layers"]
-    for preset, family in results["families"].items():
-        if preset == "all-MiniLM-L6-v2":
-            continue
-        default = f"{family['default_state']}/raw"
-        sts_avg = {key: np.mean([point(cells[s], golds[s]) for s in sts_names]) for key, cells in family.items() if isinstance(cells, dict) and all(s in cells for s in sts_names)}
-        retrieval = {key: point(cells["SciFact"], None) for key, cells in family.items() if isinstance(cells, dict) and "SciFact" in cells}
-        best_sts = sorted(sts_avg, key=sts_avg.get, reverse=True)[:top]
-        best_retrieval = sorted(retrieval, key=retrieval.get, reverse=True)[:1]
-        for key in dict.fromkeys([default, *best_sts, *best_retrieval]):
-            state, variant = key.split("/")
-            label = f"{preset} h{state}{' (final)' if int(state) == n else ''} {variant}{' (default)' if key == default else ''}"
-            row(label, family[key])
-        for key in dict.fromkeys([*best_sts, *best_retrieval]):
-            if key == default:
-                continue
-            diffs = [paired_difference(family[key][s], family[default][s], golds.get(s)) for s in sets if s in family[key] and s in family[default]]
-            names = [s for s in sets if s in family[key] and s in family[default]]
-            print(f"|   {preset} {key} minus default | " + " | ".join(
-                f"{d:+.1f}" + ("" if np.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]") if s in names else "" for s in sets
-                for d, lo, hi in [diffs[names.index(s)] if s in names else (0, 0, 0)]
-            ) + " | |")
+    for preset, family in families.items():
+        found = defaults_for(*results["key"], preset)  # the defaults as the package has them now
+        tuned = found.output_layer + n + 1 if found.output_layer < 0 else found.output_layer
+        raw = {int(k.split("/")[0]): v for k, v in family.items() if k.endswith("/raw")}
+        best = max(raw, key=lambda state: sts_average(raw[state]))
+        row(f"{preset} h{n} raw", raw[n])
+        for state in dict.fromkeys([tuned, best]):
+            for variant in ("raw", "center", "pca128"):
+                if (state, variant) != (n, "raw") and f"{state}/{variant}" in family:
+                    row(f"{preset} h{state} {variant}{' (default)' if (state, variant) == (tuned, 'raw') else ''}", family[f"{state}/{variant}"])
+        for state in dict.fromkeys([tuned, best]):
+            if state != n:
+                difference(f"_{preset} h{state} raw minus h{n} raw_", raw[state], raw[n])
+        base = preset.removesuffix("+tp")
+        if base != preset and base in families:
+            base_layer = defaults_for(*results["key"], base).output_layer
+            difference(f"_{preset} minus {base}, each at its default_", raw[tuned], families[base][f"{base_layer + n + 1 if base_layer < 0 else base_layer}/raw"])
+    print("\nLayer profile, raw: average of the four STS sets / SciFact / Banking77")
+    for preset, family in families.items():
+        raw = {int(k.split("/")[0]): v for k, v in family.items() if k.endswith("/raw")}
+        print(f"{preset:14s} " + " ".join(
+            f"h{state}:{sts_average(cells):.1f}/{point(cells['SciFact'], None) if 'SciFact' in cells else float('nan'):.1f}"
+            + (f"/{cells['Banking77']['accuracy']:.1f}" if "Banking77" in cells else "")
+            for state, cells in sorted(raw.items())
+        ))
 
 
 def load_golds(cap: int | None = None) -> dict[str, np.ndarray]:
@@ -337,11 +356,10 @@ def main() -> None:
         n = len(decoder_layers(engine.model))
         states = list(range(n // 2, n + 1))
         class_states = {int(s) + n + 1 if int(s) < 0 else int(s) for s in args.class_states.split(",")}
-        default = echo_embeddings.load(args.model, preset, device="cpu", **tp)[0].engine.output_layer
-        results["layers"] = n
+        config = engine.model.config
+        results["layers"], results["key"] = n, [config.model_type, n, config.vocab_size]
         vectors = embed_family(model, sts, retrieval, classes, states)
         family = score_family(vectors, sts, retrieval, classes, dims, class_states, states)
-        family["default_state"] = default + n + 1 if default < 0 else default
         results["families"][preset] = family
         print(f"{preset}: done ({len(states)} hidden states)", flush=True)
         if args.out:

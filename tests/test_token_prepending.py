@@ -185,7 +185,7 @@ def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
         assert preset_defaults(smollm2_shaped, strategy) == (1, 8, -3)
     assert preset_defaults(smollm2_shaped, "metaeol+tp") == (1, 1, -1)
     assert preset_defaults(smollm2_shaped, "echo") == (0, 0, -3)  # tuned output layer, no TP
-    assert preset_defaults(smollm2_shaped, "mean") == (0, 0, -1)  # not in the row: the final layer
+    assert preset_defaults(smollm2_shaped, "prompteol") == (0, 0, -1)  # not in the row: the final layer
     assert EchoEmbedder(strategy="echo", model=smollm2_shaped, tokenizer=bpe_tokenizer).output_layer == -3
     assert EchoEmbedder(strategy="{x}", pooling="mean", model=smollm2_shaped, tokenizer=bpe_tokenizer).output_layer == -1
     gemma_shaped = AutoModel.from_config(Gemma3TextConfig(vocab_size=262144, num_hidden_layers=18, head_dim=8, **small)).eval()
