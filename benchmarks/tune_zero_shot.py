@@ -12,10 +12,10 @@ model's default TP layers. Whitening is fitted without labels on the texts of th
 scored on (each STS set's sentences, the retrieval corpus, the classifier's training texts), as
 a user fits it on the corpus they index; centering and ``--dims`` PCA variants are scored.
 
-Adoption rule for a default (an output layer, a whitening kind): its point estimate beats the
-current default on **every** STS set and on retrieval, and no classification set drops by more
-than a point. The report prints each candidate's per-set differences with paired bootstrap
-intervals so the rule can be read off.
+Adoption rule for a default (an output layer, TP layers): its point estimate beats the final
+layer (or the base prompt) on **every** STS set, and neither SciFact nor a classification set
+drops by more than a point. The report prints each candidate's per-set paired differences with
+bootstrap intervals, so the rule can be read off, and the layer profile of every strategy.
 """
 
 from __future__ import annotations
