@@ -195,3 +195,4 @@ def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
     assert module.tp_layers == (1, 1) and not module.engine.plan.token_prepending
     base = EchoEmbedder(strategy="prompteol", model=gemma_shaped, tokenizer=bpe_tokenizer)
     assert torch.equal(module.engine.encode(TEXTS), base.engine.encode(TEXTS))
+    assert preset_defaults(gemma_shaped, "echo") == (0, 0, -3)
