@@ -49,8 +49,8 @@ DEFAULTS: dict[tuple[str, int, int | None], dict[str, Defaults]] = {
     },
     # Gemma 3 270M: every TP range tried helped STS-B but hurt SICK, so TP is off by default.
     # Echo at hidden state 16 beats the final layer on every STS set (+1.0 to +8.0), SciFact
-    # (+8.7) and classification.
-    ("gemma3_text", 18, 262144): {"*+tp": Defaults(1, 1, -1), "echo": Defaults(0, 0, -3)},
+    # (+8.7) and classification, mean at hidden state 14 on every set; PCoT stays at the final layer.
+    ("gemma3_text", 18, 262144): {"*+tp": Defaults(1, 1, -1), "echo": Defaults(0, 0, -3), "mean": Defaults(0, 0, -5)},
 }
 
 
