@@ -181,10 +181,10 @@ def test_table_defaults_per_model_and_preset(bpe_tokenizer) -> None:
 
     small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
     smollm2_shaped = AutoModel.from_config(LlamaConfig(vocab_size=49152, num_hidden_layers=30, **small))
-    for strategy in ("prompteol+tp", "ke+tp"):
-        assert preset_defaults(smollm2_shaped, strategy) == (1, 8, -3)
+    assert preset_defaults(smollm2_shaped, "prompteol+tp") == (1, 8, -3)
+    for strategy in ("ke+tp", "metaeol+tp"):  # TP off: the base prompt at its layer
+        assert preset_defaults(smollm2_shaped, strategy) == (1, 1, -1)
     assert preset_defaults(smollm2_shaped, "pcot+tp") == (1, 1, -3) == (1, 1, preset_defaults(smollm2_shaped, "pcot").output_layer)
-    assert preset_defaults(smollm2_shaped, "metaeol+tp") == (1, 1, -1)
     assert preset_defaults(smollm2_shaped, "echo") == (0, 0, -3)  # tuned output layer, no TP
     assert preset_defaults(smollm2_shaped, "prompteol") == (0, 0, -1)  # not in the row: the final layer
     assert EchoEmbedder(strategy="echo", model=smollm2_shaped, tokenizer=bpe_tokenizer).output_layer == -3

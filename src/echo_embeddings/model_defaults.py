@@ -34,14 +34,14 @@ DEFAULTS: dict[tuple[str, int, int | None], dict[str, Defaults]] = {
     ("gemma2", 42, None): {"*+tp": Defaults(1, 7, -2)},  # Gemma-2-9B: layers 1..6
     # SmolLM2-135M (benchmarks/tune_zero_shot.py, README "Results"): echo, mean and PCoT pool an
     # upper hidden state that beat the final layer on every STS set and SciFact without losing
-    # classification; PromptEOL stays at the final layer (-0.6 on SICK trial at hidden state 28).
-    # PromptEOL+TP (layers 1..7, hidden state 28) beat PromptEOL on every STS set; PCoT+TP did not
-    # beat PCoT at hidden state 28, so its TP is off. KE+TP keeps the 300-pair tuning (not
-    # re-measured on the full sets); MetaEOL gained on one set and lost on the other, so TP is off.
+    # classification; PromptEOL and KE stay at the final layer (-0.6 / -0.9 on SICK trial at
+    # hidden state 28). PromptEOL+TP (layers 1..7, hidden state 28) beat PromptEOL on every STS
+    # set; PCoT+TP lost to PCoT at hidden state 28 and KE+TP to KE on SICK trial (and 2.6 points
+    # on Banking77), so their TP is off, as MetaEOL's (it gained on one set, lost on the other).
     ("llama", 30, 49152): {
-        "*+tp": Defaults(1, 8, -3),
+        "*+tp": Defaults(1, 1, -1),
+        "prompteol+tp": Defaults(1, 8, -3),
         "pcot+tp": Defaults(1, 1, -3),
-        "metaeol+tp": Defaults(1, 1, -1),
         "echo": Defaults(0, 0, -3),
         "mean": Defaults(0, 0, -5),
         "pcot": Defaults(0, 0, -3),
