@@ -31,7 +31,7 @@ def test_streamed_statistics_equal_numpy() -> None:
 
 def test_whitened_corpus_has_identity_covariance(model) -> None:
     raw = model.encode_document(CORPUS)
-    fit_whitening(model, iter(CORPUS), dim=16, chunk_size=25)
+    fit_whitening(model, iter(CORPUS), dim=16, chunk_size=25, task="document")
     assert isinstance(model[-1], Whitening) and model.get_embedding_dimension() == 16 and model[-1].fitted_on == 120
     white = model.encode_document(CORPUS)
     assert white.shape == (120, 16)
@@ -47,8 +47,16 @@ def test_whitened_corpus_has_identity_covariance(model) -> None:
 
 def test_centering_only(model) -> None:
     raw = model.encode_document(CORPUS)
-    fit_whitening(model, CORPUS, kind="center")
+    fit_whitening(model, CORPUS, kind="center", task="document")
     assert np.allclose(model.encode_document(CORPUS), raw - raw.mean(axis=0), atol=1e-4)
+
+
+def test_default_fit_uses_the_template_encode_uses(model) -> None:
+    """Whitening serves symmetric similarity: by default it is fitted on what ``encode`` gives."""
+    raw = model.encode(CORPUS)
+    assert not np.allclose(raw, model.encode_document(CORPUS), atol=1e-3)  # echo: another template
+    fit_whitening(model, CORPUS, kind="center")
+    assert np.allclose(model.encode(CORPUS), raw - raw.mean(axis=0), atol=1e-4)
 
 
 def test_saved_with_the_model_and_applied_by_every_surface(model, tmp_path) -> None:

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     whiten.add_argument("--dim", type=int, default=None, help="kept dimensions (default: 128, or the embedding size if smaller)")
     whiten.add_argument("--kind", choices=["pca", "center"], default="pca", help="PCA whitening or centering only (default: %(default)s)")
     whiten.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header")
-    whiten.add_argument("--task", choices=["sentence", "query", "document"], default="document", help="template the corpus is embedded with (default: %(default)s)")
+    whiten.add_argument("--task", choices=["sentence", "query", "document"], default="sentence", help="template the corpus is embedded with (default: %(default)s)")
     whiten.add_argument("--device", default=None)
     tr = commands.add_parser("train", help="fine-tune an echo model on labelled pairs, triplets, or pairs made from your corpus")
     tr.add_argument("train_files", nargs="*", metavar="TRAIN_FILE", help="TSV/CSV/JSONL: scored pairs (sentence1, sentence2, score), pairs or triplets")

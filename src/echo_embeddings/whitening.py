@@ -1,10 +1,12 @@
 """Whitening: a corpus-fitted linear map after the echo module, saved with the model.
 
 Decoder embeddings are strongly anisotropic: a few directions shared by every text dominate
-cosine similarity. Fitted on unlabelled texts (the documents you index), PCA whitening centers
+cosine similarity. Fitted on unlabelled texts (the texts you compare), PCA whitening centers
 the vectors, rotates them onto their principal axes, keeps the ``dim`` strongest and scales each
-to unit variance; ``kind="center"`` only subtracts the mean. Queries and documents go through one
-transform, so a retrieval index and its queries stay comparable.
+to unit variance; ``kind="center"`` only subtracts the mean. It serves symmetric similarity (STS,
+clustering, deduplication), where every text is embedded with one template: measured on SciFact,
+a transform fitted on the documents lowered echo's query-to-document retrieval, because queries
+use another template and so another mean.
 
     model = echo_embeddings.load("smollm2-135m", "echo")
     echo_embeddings.fit_whitening(model, corpus_texts, dim=128)   # appends (or refits) the module
@@ -133,7 +135,7 @@ def fit_whitening(
     dim: int | None = None,
     *,
     kind: Kind = "pca",
-    task: str | None = "document",
+    task: str | None = None,
     chunk_size: int = 4096,
     show_progress_bar: bool = False,
     **encode_options: Any,
@@ -143,10 +145,11 @@ def fit_whitening(
 
     Args:
         model: a model from :func:`echo_embeddings.load` (any module list).
-        texts: the corpus, e.g. the documents you index; no labels are used.
+        texts: the corpus, e.g. the texts you will compare; no labels are used.
         dim: dimensions kept by PCA whitening; None for the default (128, or the embedding size if smaller).
         kind: ``"pca"`` or ``"center"``.
-        task: the template the corpus is embedded with (``"document"``: fit on what you index).
+        task: the template the corpus is embedded with: None (default) for the one ``encode``
+            uses, ``"query"`` or ``"document"`` to fit on what ``encode_query`` / ``encode_document`` give.
         chunk_size, show_progress_bar, encode_options: passed to ``model.stream``.
     """
     from .sentence_transformer import EchoSentenceTransformer
