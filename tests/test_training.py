@@ -174,3 +174,83 @@ def test_the_train_command(tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert "bad.tsv:2: score 'x'" in capsys.readouterr().err
     assert cli.main(["train", "--model", base, "--out", str(tmp_path / "never")]) == 2
     assert cli.main(["train", str(data), "--loss", "mnrl", "--model", "no-such-model", "--out", str(tmp_path / "never")]) == 2
+
+
+@pytest.mark.parametrize(
+    "arch, strategy, options",
+    [
+        ("llama", "echo", {}),
+        ("llama", "echo", {"packing": False}),
+        ("gemma3", "echo", {"output_layer": 4}),
+        ("gpt_neox", "echo", {"target_modules": ["query_key_value", "dense_h_to_4h"]}),
+        ("llama", "prompteol+tp", {"tp_layers": (1, 3), "output_layer": -1}),
+    ],
+)
+def test_kept_frozen_states_give_the_full_forward_s_vectors_and_gradients(make_model, arch, strategy, options) -> None:
+    """The second time a row is seen, the layers below the adapter do not run, and the vectors and
+    gradients are the full forward's."""
+    from echo_embeddings.forward import decoder_layers
+    from echo_embeddings.frozen_states import FrozenStates
+
+    options = dict(options)
+    packing, targets = options.pop("packing", None), options.pop("target_modules", None)
+    model = echo_embeddings.add_lora(make_model(strategy, arch, **options), r=4, layers=[2, 3], **({"target_modules": targets} if targets else {}))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2, generator=torch.Generator().manual_seed(0))
+    module = model[0]
+    module.engine.packing = packing
+    features = module.preprocess(TEXTS + ["A dog runs.", "Dogs run in the park."], task="document")
+    calls: list[int] = []  # tokens layer 0 read per call, leaving out the template prefix (recomputed while training)
+    decoder_layers(module.model)[0].register_forward_hook(lambda _m, args, out: calls.append(out.shape[-2] - len(features.get("prefix", ()))))
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        vectors = module.forward(dict(features))["sentence_embedding"]
+        (vectors * torch.linspace(-1, 1, vectors.shape[1])).sum().backward()
+        return vectors.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full, full_grads = step()
+    module.engine.frozen_states = frozen = FrozenStates(module.model)
+    assert frozen.start == 2
+    first, _ = step()  # every row new: all layers run, their inputs to layer 2 are kept
+    assert frozen.computed == 4 and frozen.served == 0 and torch.allclose(first, full, atol=1e-5)  # one text is repeated
+    calls.clear()
+    kept, kept_grads = step()
+    assert set(calls) <= {0} and frozen.served == 5  # layers 0 and 1 did not run on the rows
+    assert torch.allclose(kept, full, atol=1e-5)
+    assert all(torch.allclose(kept_grads[n], g, atol=1e-5) for n, g in full_grads.items())
+    assert type(decoder_layers(module.model)[0]).__name__ != "PassThrough"  # the layers are back
+    calls.clear()
+    with torch.no_grad():  # outside training it plays no part
+        module.forward(dict(features))
+    assert max(calls) > 0 and frozen.served == 5
+
+
+def test_kept_frozen_states_refuse_a_lower_layer_that_starts_training(make_model) -> None:
+    from echo_embeddings.frozen_states import FrozenStates
+
+    model = echo_embeddings.add_lora(make_model("echo"), r=4, layers=[2, 3])
+    module = model[0]
+    module.engine.frozen_states = FrozenStates(module.model)
+    next(p for n, p in module.model.named_parameters() if ".1." in n).requires_grad_(True)
+    with pytest.raises(RuntimeError, match="below decoder layer 2 now trains"):
+        module.forward(module.preprocess(TEXTS))
+
+
+def test_training_reuses_frozen_states_from_the_second_epoch_with_the_same_result(tmp_path, caplog) -> None:
+    rows = scored_rows(8)
+    data = training.TrainingData("scored", rows, "memory")
+    vectors = {}
+    for reuse in (False, True):
+        model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
+        with caplog.at_level("INFO", logger="echo_embeddings.training"):
+            training.train(
+                model, data, tmp_path / f"out{reuse}", epochs=2, batch_size=8, lora_layers=[2, 3], learning_rate=5e-3,
+                show_progress_bar=False, reuse_frozen=reuse,
+            )
+        assert model[0].engine.frozen_states is None  # only for the run
+        vectors[reuse] = model.encode(TEXTS, convert_to_tensor=True)
+    assert "32 rows (a text in a template) computed once, served 32 times" in caplog.text  # every text of epoch 2 started at layer 2
+    assert torch.allclose(vectors[True], vectors[False], atol=1e-4)

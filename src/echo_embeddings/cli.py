@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--score-column", default=None, help="score column of scored pairs (default: score, if present)")
     tr.add_argument("--loss", default=None, choices=["cosent", "angle", "cosine", "mnrl", "cached-mnrl"], help="override the loss chosen from the data")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--reuse-frozen", action=argparse.BooleanOptionalAction, default=True,
+        help="keep each text's states below the lowest trained layer and reuse them in later epochs (default: on)",
+    )
     tr.add_argument("--device", default=None)
     ev_parser = commands.add_parser("evaluate", help="score models and strategies on local STS, retrieval and classification data")
     ev_parser.add_argument("--model", action="append", required=True, help="alias, id, folder or .gguf; repeat or comma-separate")
@@ -378,11 +383,15 @@ def train_command(args: argparse.Namespace) -> None:
     layers = _layers(args.lora_layers)
     tr.check_loss(data.kind, args.loss)
     print(f"{len(data)} {data.kind} from {data.source}", file=sys.stderr)
+    log = logging.getLogger("echo_embeddings.training")  # the run's summary (frozen-state reuse) to stderr
+    log.setLevel(logging.INFO)
+    log.addHandler(logging.StreamHandler(sys.stderr))
     model = load_model(args.model, args.strategy, args.device)
     try:
         tr.train(
             model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
             learning_rate=args.learning_rate, lora=args.lora, lora_rank=args.lora_rank, lora_layers=layers, loss=args.loss, seed=args.seed,
+            reuse_frozen=args.reuse_frozen,
         )
     except ValueError as error:
         raise ev.DataError(str(error)) from error

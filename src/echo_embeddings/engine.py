@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .batching import Batch, Prepared, Row, cut_prefix, longest_first, pack_rows, pad_rows, shared_prefix, token_budget_batches
 from .forward import LayerPlan, decoder_layers, forward_hidden, resolve_output_layer
+from .frozen_states import FrozenStates
 from .layout import Layout, PieceTokenizer
 from .model_defaults import preset_defaults
 from .packing import Packing, fits_window, supports_packing, uses_packed_attention, varlen_kernel
@@ -124,6 +125,8 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self._prefixes = PrefixCache()
+        self.frozen_states: FrozenStates | None = None
+        """Training only: kept states of the frozen lower layers (see :mod:`echo_embeddings.frozen_states`)."""
         self._layouts: dict[tuple[Template, str, bool], Layout] = {}
         self._tp_layers: tuple[int, int] | None = None
         self._output_layer: int | None = None
@@ -410,6 +413,7 @@ class Engine:
         plan = self.plan
         depth = resolve_output_layer(self.model, plan.output_layer)[0]
         batch = batch.to(self.device)
+        frozen = self.frozen_states.call(batch, depth) if self.frozen_states is not None and torch.is_grad_enabled() else None
         if batch.packed:
             kernel = self._kernel()
             if kernel is None:
@@ -420,16 +424,18 @@ class Engine:
             ones = torch.ones_like(batch.input_ids)
             hidden = forward_hidden(
                 self.model, batch.input_ids, ones, plan, batch.last_index, batch.placeholder_index,
-                position_ids=batch.position_ids, echo_packing=packing,
+                position_ids=batch.position_ids, frozen=frozen, echo_packing=packing,
             )
-            if packing.calls != depth:
+            if packing.calls != depth - (frozen.skipped if frozen is not None else 0):
                 raise RuntimeError(
                     f"{type(self.model).__name__} ran {packing.calls} of {depth} attention layers without the packed layout "
                     "(its forward does not pass attention kwargs through); set packing=False for it"
                 )
             return pool(hidden, batch)
         past = self._prefixes.past(self.model, batch.prefix, depth, batch.input_ids.shape[0]) if batch.prefix else None
-        hidden = forward_hidden(self.model, batch.input_ids, batch.attention_mask, plan, batch.last_index, batch.placeholder_index, past)
+        hidden = forward_hidden(
+            self.model, batch.input_ids, batch.attention_mask, plan, batch.last_index, batch.placeholder_index, past, frozen=frozen
+        )
         return pool(hidden, batch)
 
     # -- encoding ---------------------------------------------------------------------------

@@ -15,11 +15,14 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import Cache
+
+if TYPE_CHECKING:
+    from .frozen_states import FrozenCall
 
 _LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer")
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
@@ -106,6 +109,13 @@ def resolve_output_layer(model: nn.Module, output_layer: int) -> tuple[int, int]
     return index, n
 
 
+class PassThrough(nn.Module):
+    """Stands in for a frozen decoder layer whose output is already known: returns its input."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return hidden_states
+
+
 class _EarlyExit(Exception):
     """Raised from a hook to stop the forward once the wanted hidden state is captured."""
 
@@ -132,6 +142,7 @@ def forward_hidden(
     placeholder_index: torch.Tensor | None = None,
     past: Cache | None = None,
     position_ids: torch.Tensor | None = None,
+    frozen: FrozenCall | None = None,
     **attention_kwargs: Any,
 ) -> torch.Tensor:
     """Run the bare decoder under ``plan`` and return the hidden states ``[batch, seq, dim]``.
@@ -139,7 +150,10 @@ def forward_hidden(
     ``past`` holds a cached prefix that every row continues; the hidden states cover only the
     new ids. A packed batch comes with its ``position_ids``, an all-ones mask and its layout in
     ``attention_kwargs``, which reach the registered attention function. Layers after an
-    intermediate output layer are never called.
+    intermediate output layer are never called. ``frozen`` (training only, see
+    :mod:`echo_embeddings.frozen_states`) starts the forward at its layer with kept states as the
+    input, the layers below swapped for a pass-through for this forward only, or records that
+    layer's input.
     """
     index, n = resolve_output_layer(model, plan.output_layer)
     early = index < n
@@ -157,7 +171,7 @@ def forward_hidden(
         if keyword is None:
             raise UnsupportedModelError(f"{type(model).__name__}.forward takes no key/value cache; turn the prefix cache off for it")
         inputs.update({keyword: past, "use_cache": True})
-    if not early and not plan.token_prepending:
+    if not early and not plan.token_prepending and frozen is None:
         return model(**inputs).last_hidden_state
     layers = decoder_layers(model)
     if plan.token_prepending:
@@ -184,11 +198,27 @@ def forward_hidden(
             raise _EarlyExit(_hidden_arg(args, kwargs))
         return None
 
+    def put_in(_module: nn.Module, args: tuple, kwargs: dict | None = None) -> Any:
+        if threading.get_ident() != owner or kwargs is None:
+            return None
+        if frozen.states is None:  # type: ignore[union-attr]
+            frozen.keep(_hidden_arg(args, kwargs))  # type: ignore[union-attr]
+            return None
+        return _with_hidden(args, kwargs, frozen.states)  # type: ignore[union-attr]
+
     with ExitStack() as hooks:
+        if frozen is not None:
+            # Registered first, so a token-prepending overwrite at the same layer sees the kept states.
+            hooks.callback(layers[frozen.start].register_forward_pre_hook(put_in, with_kwargs=True).remove)
+            if frozen.states is not None:
+                for i in range(frozen.start):
+                    hooks.callback(layers.__setitem__, i, layers[i])
+                    layers[i] = PassThrough()
         if early:
             hooks.callback(layers[index].register_forward_pre_hook(stop, with_kwargs=True).remove)
         if plan.token_prepending:
-            for layer in layers[plan.tp_start : min(plan.tp_stop, index)]:
+            first = frozen.skipped if frozen is not None else 0  # skipped layers' overwrites are in the kept states
+            for layer in layers[max(plan.tp_start, first) : min(plan.tp_stop, index)]:
                 hooks.callback(layer.register_forward_pre_hook(overwrite, with_kwargs=True).remove)
         try:
             hidden = model(**inputs).last_hidden_state

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from .evaluation import DataError
 
 if TYPE_CHECKING:
+    from .frozen_states import FrozenStates
     from .sentence_transformer import EchoSentenceTransformer
+
+logger = logging.getLogger(__name__)
 
 Kind = Literal["scored", "pairs", "triplets"]
 KNOWN_COLUMNS: tuple[tuple[str, ...], ...] = (
@@ -219,6 +224,8 @@ def train(
     save_steps: int | None = None,
     seed: int = 0,
     show_progress_bar: bool = True,
+    reuse_frozen: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> EchoSentenceTransformer:
     """Fine-tune ``model`` on ``data`` with ``SentenceTransformerTrainer`` and save it to ``out``.
 
@@ -237,6 +244,11 @@ def train(
         eval_steps, save_steps: how often to evaluate (default: about 10 times per run) and save a
             checkpoint (default: 4 times per run; the last two are kept).
         seed: for the data order and the adapter's initialisation.
+        reuse_frozen: when the lowest trainable layer is above the first (LoRA on the top layers),
+            keep each text's states at that layer's input the first time it is seen and start
+            later steps on the same text there (see :mod:`echo_embeddings.frozen_states`): from
+            the second epoch on, the frozen layers do not run. Off when those layers use dropout.
+        callbacks: transformers ``TrainerCallback`` objects handed to the trainer.
     """
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -274,8 +286,32 @@ def train(
         report_to=[],
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data.dataset(), loss=loss_fn, evaluator=evaluator_for(dev) if dev is not None else None
+        model=model, args=args, train_dataset=data.dataset(), loss=loss_fn, evaluator=evaluator_for(dev) if dev is not None else None,
+        callbacks=list(callbacks) or None,
     )
-    trainer.train()
+    engine = model[0].engine
+    engine.frozen_states = _frozen_states(model[0].model) if reuse_frozen else None
+    try:
+        trainer.train()
+    finally:
+        kept, engine.frozen_states = engine.frozen_states, None
+    if kept is not None:
+        logger.info(
+            "frozen layers 0..%d: %d rows (a text in a template) computed once, served %d times from kept states (%d token states)",
+            kept.start - 1, kept.computed, kept.served, kept.tokens,
+        )
     model.save(str(out))
     return model
+
+
+def _frozen_states(decoder: Any) -> FrozenStates | None:
+    from .frozen_states import FrozenStates, dropout_below
+
+    states = FrozenStates(decoder)
+    if states.start == 0:
+        return None  # nothing below the trainable layers
+    why = dropout_below(decoder, states.start)
+    if why:
+        warnings.warn(f"not reusing the frozen layers' states: {why}, so they change from step to step", stacklevel=3)
+        return None
+    return states
