@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tune_zero_shot import DATA, ROUNDS, classification_sets, minilm, ndcg_per_query, spearman_rows
+from tune_zero_shot import DATA, ROUNDS, classification_sets, minilm, ndcg_per_query, spearman_rows, unit
 
 import echo_embeddings
 from echo_embeddings import evaluation as ev
@@ -66,9 +66,9 @@ def measure(encode, tasks: dict) -> dict:
             cells[name] = {"cos": ((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))).tolist()}
         elif task[0] == "retrieval":
             retrieval = task[1]
-            queries = encode([retrieval.queries[q] for q in retrieval.queries], "query")
-            documents = encode([retrieval.corpus[d] for d in retrieval.corpus], "document")
-            cells[name] = {"per_item": ndcg_per_query(retrieval, queries, documents).tolist()}
+            queries = unit(encode([retrieval.queries[q] for q in retrieval.queries], "query"))
+            documents = unit(encode([retrieval.corpus[d] for d in retrieval.corpus], "document"))
+            cells[name] = {"per_item": ndcg_per_query(retrieval, queries, documents).tolist()}  # cosine search
         else:
             cells[name] = {"per_item": (100 * cross_validated(encode(task[1], None), task[2])).tolist()}
         print(f"    {name}: {time.perf_counter() - start:.0f} s", flush=True)

@@ -148,3 +148,32 @@ def test_out_of_memory_halves_the_batch(make_model, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(embedder, "forward", lambda batch: (_ for _ in ()).throw(torch.OutOfMemoryError("one text")))
     with pytest.raises(torch.OutOfMemoryError):
         embedder.encode(["a single text"])
+
+
+@pytest.mark.parametrize("strategy", ["echo", "prompteol+tp", "metaeol", "mean"])
+@pytest.mark.parametrize("packing", [None, False])
+def test_features_round_trip_and_cut_into_row_mini_batches(make_model, strategy: str, packing: bool | None) -> None:
+    """``as_features`` / ``from_features`` give the batch back, and a mini-batch of rows cut the way
+    sentence-transformers' cached losses cut features gives those rows' vectors."""
+    from sentence_transformers.base.losses.gradcache import _create_minibatch
+
+    from echo_embeddings.batching import Batch
+
+    model = make_model(strategy)
+    module = model[0]
+    module.engine.packing = packing
+    texts = ["A man is playing a guitar.", "Dogs run.", "The market fell sharply today.", "Yes"]
+    batch = module.engine.tokenize(texts)
+    again = Batch.from_features(batch.as_features())
+    for key in Batch._TENSORS:
+        a, b = getattr(batch, key), getattr(again, key)
+        assert (a is None and b is None) or torch.equal(a, b), key
+    assert (again.pooling, again.groups, again.prefix) == (batch.pooling, batch.groups, batch.prefix)
+    if batch.groups > 1:  # MetaEOL rows are template-major: a row cut is not a text cut, and is refused
+        with pytest.raises(ValueError, match="cut into mini-batches of rows"):
+            module.forward(_create_minibatch(module.preprocess(texts), 1, 3))
+        return
+    with torch.no_grad():
+        whole = module.forward(module.preprocess(texts))["sentence_embedding"]
+        cut = module.forward(_create_minibatch(module.preprocess(texts), 1, 3))["sentence_embedding"]
+    assert torch.allclose(cut, whole[1:3], atol=1e-5)

@@ -254,3 +254,19 @@ def test_training_reuses_frozen_states_from_the_second_epoch_with_the_same_resul
         vectors[reuse] = model.encode(TEXTS, convert_to_tensor=True)
     assert "32 rows (a text in a template) computed once, served 32 times" in caplog.text  # every text of epoch 2 started at layer 2
     assert torch.allclose(vectors[True], vectors[False], atol=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["angle", "cosine", "cached-mnrl"])
+def test_every_offered_loss_trains_on_an_echo_model(tmp_path, loss) -> None:
+    """Beyond CoSENT and MNRL (above): AnglE, cosine similarity, and the cached MNRL, whose
+    gradient cache runs the model twice per step (without gradients, then with them)."""
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
+    rows = scored_rows(8)
+    data = training.TrainingData("scored", rows, "memory")
+    if loss == "cached-mnrl":
+        data = training.TrainingData("pairs", [(a, b) for a, b, score in rows if score > 2], "memory")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    training.train(model, data, tmp_path / "out", max_steps=2, batch_size=4, lora_layers=[2, 3], loss=loss, show_progress_bar=False)
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(after[n], p) for n, p in before.items() if n in after) or before == {}
+    assert any("lora_" in n and p.abs().sum() > 0 for n, p in after.items() if "lora_B" in n)  # the adapter moved

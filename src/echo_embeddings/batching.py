@@ -45,7 +45,6 @@ class Batch:
     batch then pools one vector per (row, span) instead of one per row."""
 
     _TENSORS = ("input_ids", "attention_mask", "pool_index", "last_index", "placeholder_index", "position_ids", "cu_seqlens", "segments")
-    _KEYS = (*_TENSORS, "pooling", "groups", "prefix")
 
     @property
     def packed(self) -> bool:
@@ -56,11 +55,68 @@ class Batch:
         return replace(self, **moved)
 
     def as_features(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self._KEYS if getattr(self, key) is not None}
+        """The batch as a sentence-transformers features dict. Pooled tokens and the placeholder
+        travel as per-token masks shaped like ``input_ids``, so that sentence-transformers can cut
+        a batch into mini-batches of rows (its cached losses do): padded tensors along their first
+        axis, packed ones by ``cu_seq_lens_q``, the name its flattened batches use. Late-chunking
+        batches keep the compact index (a token may be pooled into two spans); they are not cut."""
+        features: dict[str, Any] = {"input_ids": self.input_ids, "pooling": self.pooling, "groups": self.groups, "prefix": self.prefix}
+        for key in ("attention_mask", "position_ids"):
+            if getattr(self, key) is not None:
+                features[key] = getattr(self, key)
+        if self.packed:
+            features["cu_seq_lens_q"] = self.cu_seqlens
+        if self.groups > 1:  # lets from_features tell a cut through the template-major rows
+            rows = len(self.last_index)
+            features["row_group"] = torch.arange(self.groups).repeat_interleave(rows // self.groups)
+        if self.segments is not None:
+            features.update(pool_index=self.pool_index, last_index=self.last_index, segments=self.segments)
+            if self.placeholder_index is not None:
+                features["placeholder_index"] = self.placeholder_index
+            return features
+        rows = torch.zeros_like(self.pool_index[0]) if self.packed else self.pool_index[0]
+        pooled = torch.zeros_like(self.input_ids, dtype=torch.bool)
+        pooled[rows, self.pool_index[1]] = True
+        features["pooled_mask"] = pooled
+        if self.placeholder_index is not None:
+            placeholder = torch.zeros_like(self.input_ids, dtype=torch.bool)
+            if self.packed:
+                placeholder[0, self.placeholder_index] = True
+            else:
+                placeholder[torch.arange(len(self.placeholder_index)), self.placeholder_index] = True
+            features["placeholder_mask"] = placeholder
+        return features
 
     @classmethod
     def from_features(cls, features: dict[str, Any]) -> Batch:
-        return cls(**{key: features.get(key) for key in cls._KEYS})
+        """The inverse of :meth:`as_features` (also for a mini-batch cut from it)."""
+        common = {key: features.get(key) for key in ("input_ids", "attention_mask", "position_ids", "pooling", "groups", "prefix")}
+        cu_seqlens = features.get("cu_seq_lens_q")
+        groups = features.get("groups", 1)
+        if groups > 1:
+            rows = len(cu_seqlens) - 1 if cu_seqlens is not None else features["input_ids"].shape[0]
+            expected = torch.arange(groups).repeat_interleave(rows // groups)
+            if rows % groups or not torch.equal(features["row_group"].cpu(), expected):
+                raise ValueError(
+                    f"this batch of a {groups}-template strategy (MetaEOL) was cut into mini-batches of rows, which splits its "
+                    "texts' templates apart; use a loss that embeds whole batches (MultipleNegativesRankingLoss, not a cached loss)"
+                )
+        if "pooled_mask" not in features:
+            compact = {key: features.get(key) for key in ("pool_index", "last_index", "placeholder_index", "segments")}
+            return cls(**common, **compact, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
+        mask = features["pooled_mask"]
+        placeholder = features.get("placeholder_mask")
+        if cu_seqlens is not None:
+            positions = mask[0].nonzero().squeeze(1)
+            rows = torch.searchsorted(cu_seqlens[1:].long(), positions, right=True)
+            count = len(cu_seqlens) - 1
+            placeholder_index = placeholder[0].nonzero().squeeze(1) if placeholder is not None else None
+        else:
+            rows, positions = mask.nonzero(as_tuple=True)
+            count = mask.shape[0]
+            placeholder_index = placeholder.long().argmax(1) if placeholder is not None else None
+        last = torch.zeros(count, dtype=torch.long, device=mask.device).scatter_reduce(0, rows, positions, "amax", include_self=False)
+        return cls(**common, pool_index=torch.stack([rows, positions]), last_index=last, placeholder_index=placeholder_index, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from .batching import Batch
 from .forward import decoder_layers
 
 DEFAULT_MAX_TOKENS = 4_000_000
-"""Most token states kept (SmolLM2 in fp32: about 9 GB at the cap; both STS training files under
-echo are about 0.8M tokens). Rows met after the cap run every layer."""
+"""Most token states kept (SmolLM2 in fp32: about 9 GB at the cap; the 15,367 distinct texts of both
+STS training files under echo are 0.46M). Rows met after the cap run every layer."""
 
 
 @dataclass
