@@ -296,3 +296,45 @@ def test_a_training_length_cap_cuts_training_prompts_only(tmp_path, monkeypatch)
     assert model[0].max_seq_length == inference_length
     saved = json.loads((tmp_path / "out" / "echo_embeddings_config.json").read_text())
     assert saved["max_seq_length"] == inference_length > 40
+
+
+def test_the_stock_trainer_runs_unchanged_with_prompts_sampler_router_and_evaluator(tmp_path, monkeypatch) -> None:
+    """No helper of ours: ``SentenceTransformerTrainer`` with its own arguments (``prompts=``, the
+    no-duplicates batch sampler, a router mapping to the query/document templates), a stock loss
+    and evaluator, LoRA through ``add_adapter``. The trainer's columns reach the templates that
+    ``encode_query`` / ``encode_document`` run, with the prompt, and the adapter trains."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer import evaluation, losses
+
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
+    model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    module = model[0]
+    calls = []
+    preprocess = module.preprocess
+
+    def recording(inputs, prompt=None, task=None, **kwargs):
+        calls.append((list(inputs), prompt, task))
+        return preprocess(inputs, prompt=prompt, task=task, **kwargs)
+
+    monkeypatch.setattr(module, "preprocess", recording)
+    rows = [(f"where do dogs run {i}?", f"Dogs run in the park number {i}.") for i in range(8)]
+    data = Dataset.from_dict({"anchor": [a for a, _ in rows], "positive": [p for _, p in rows]})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, report_to=[],
+        prompts={"anchor": "query: "}, batch_sampler=BatchSamplers.NO_DUPLICATES, router_mapping=training.ROUTES,
+        save_strategy="no", disable_tqdm=True, use_cpu=True,
+    )
+    dev = evaluation.EmbeddingSimilarityEvaluator([a for a, _ in rows], [p for _, p in rows], [1.0, 0.0] * 4, name="dev")
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=losses.MultipleNegativesRankingLoss(model), evaluator=dev)
+    trainer.train()
+    anchors = [c for c in calls if c[2] == "query" and c[1] is not None]  # the trainer also encodes widget examples
+    positives = [c for c in calls if c[2] == "document"]
+    assert len(anchors) >= 2 and {c[1] for c in anchors} == {"query: "} and len(positives) >= 2 and {c[1] for c in positives} == {None}
+    texts, prompt, _ = anchors[0]
+    trained = {k: v for k, v in preprocess(texts, prompt=prompt, task="query").items()}
+    inference = module.engine.tokenize(texts, "query", instruction="query: ").as_features()  # the echo query template's {instruction}
+    assert all(torch.equal(trained[k], v) if isinstance(v, torch.Tensor) else trained[k] == v for k, v in inference.items())
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # the adapter moved
+    assert "dev_spearman_cosine" in dev(model)
