@@ -166,7 +166,9 @@ def test_the_train_command(tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert (tmp_path / "merged" / "model.safetensors").exists()
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": str(i), "title": f"Title {i}", "text": f"The body of document {i} is long enough."}) for i in range(8)))
-    assert cli.main(["train", "--pairs-from", str(corpus), "--model", base, "--out", str(tmp_path / "adapted"), "--max-steps", "1", "--batch-size", "4"]) == 0
+    adapted = ["train", "--pairs-from", str(corpus), "--model", base, "--out", str(tmp_path / "adapted"), "--max-steps", "1", "--batch-size", "4"]
+    assert cli.main([*adapted, "--max-batch-tokens", "200", "--max-seq-length", "40"]) == 0
+    assert json.loads((tmp_path / "adapted" / "echo_embeddings_config.json").read_text())["max_seq_length"] > 40  # a training-only cap
     # Bad input stops before any model work, naming the file and line.
     bad = tmp_path / "bad.tsv"
     bad.write_text("score\tsentence1\tsentence2\nx\ta\tb\n")
@@ -174,6 +176,8 @@ def test_the_train_command(tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert "bad.tsv:2: score 'x'" in capsys.readouterr().err
     assert cli.main(["train", "--model", base, "--out", str(tmp_path / "never")]) == 2
     assert cli.main(["train", str(data), "--loss", "mnrl", "--model", "no-such-model", "--out", str(tmp_path / "never")]) == 2
+    assert cli.main(["train", str(data), "--max-batch-tokens", "0", "--model", "no-such-model", "--out", str(tmp_path / "never")]) == 2
+    assert "--max-batch-tokens 0: give a positive number of tokens" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -338,3 +342,20 @@ def test_the_stock_trainer_runs_unchanged_with_prompts_sampler_router_and_evalua
     assert all(torch.equal(trained[k], v) if isinstance(v, torch.Tensor) else trained[k] == v for k, v in inference.items())
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # the adapter moved
     assert "dev_spearman_cosine" in dev(model)
+
+
+def test_lora_layers_below_the_pooled_hidden_state(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """``below:N`` names the N layers under the hidden state the model pools, whatever its depth."""
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
+    n = len(model[0].model.layers)
+    assert training.layers_below_output(model, 2) == [n - 2, n - 1]  # final hidden state: the top two layers
+    model[0].output_layer = -2  # hidden state n - 1, the output of layer n - 2
+    assert training.layers_below_output(model, 2) == [n - 3, n - 2]
+    with pytest.raises(ValueError, match=f"pools hidden state {n - 1}, so give 1 to {n - 1} layers"):
+        training.layers_below_output(model, n)
+    training.train(model, training.TrainingData("scored", scored_rows(4), "memory"), tmp_path / "out", max_steps=1, batch_size=4, lora_layers="below:2", show_progress_bar=False)
+    assert json.loads((tmp_path / "out" / "echo_embeddings_config.json").read_text())["lora"]["layers"] == [n - 3, n - 2]
+    data = tmp_path / "train.tsv"
+    data.write_text("score\tsentence1\tsentence2\n" + "\n".join(f"{r[2]}\t{r[0]}\t{r[1]}" for r in scored_rows(2)))
+    assert cli.main(["train", str(data), "--lora-layers", "below:0", "--model", "no-such-model", "--out", str(tmp_path / "never")]) == 2
+    assert "below:N takes a positive number of layers" in capsys.readouterr().err

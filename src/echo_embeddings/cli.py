@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--learning-rate", type=float, default=None, help="default 2e-4 with LoRA, 2e-5 without")
     tr.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="train a LoRA adapter (default) or every weight")
     tr.add_argument("--lora-rank", type=int, default=16)
-    tr.add_argument("--lora-layers", default=None, help="decoder layers to adapt, e.g. 20-29 or 0,5,9 (default: all)")
+    tr.add_argument(
+        "--lora-layers", default=None,
+        help="decoder layers to adapt: e.g. 20-29 or 0,5,9, or below:N for the N layers below the pooled hidden state (default: all)",
+    )
     tr.add_argument("--merge", action="store_true", help="save full weights with the adapter merged in (default: the adapter alone)")
     tr.add_argument("--text-columns", default=None, help="text columns, two or three, e.g. sentence1,sentence2 (default: recognised names)")
     tr.add_argument("--score-column", default=None, help="score column of scored pairs (default: score, if present)")
@@ -93,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-seq-length", type=int, default=None, metavar="N",
         help="cut training prompts to N tokens, with a warning (long documents train faster); the saved model keeps its own",
     )
+    tr.add_argument(
+        "--max-batch-tokens", type=int, default=None, metavar="N",
+        help="token-budget batches: at most N prompt tokens (and --batch-size rows) a step, rows of similar length together",
+    )
+    tr.add_argument("--gradient-checkpointing", action="store_true", help="recompute the trained layers' activations in backward (less memory)")
     tr.add_argument("--device", default=None)
     ev_parser = commands.add_parser("evaluate", help="score models and strategies on local STS, retrieval and classification data")
     ev_parser.add_argument("--model", action="append", required=True, help="alias, id, folder or .gguf; repeat or comma-separate")
@@ -361,9 +369,13 @@ def fit_whitening_command(args: argparse.Namespace) -> None:
     print(f"saved {args.out}: {model[-1]}")
 
 
-def _layers(spec: str | None) -> list[int] | None:
+def _layers(spec: str | None) -> list[int] | str | None:
     if not spec:
         return None
+    if spec.startswith("below:"):
+        if not spec[6:].isdigit() or int(spec[6:]) < 1:
+            raise ev.DataError(f"--lora-layers {spec!r}: below:N takes a positive number of layers")
+        return spec  # resolved against the model's pooled hidden state once it is loaded
     try:
         out: list[int] = []
         for part in spec.split(","):
@@ -371,7 +383,7 @@ def _layers(spec: str | None) -> list[int] | None:
             out.extend(range(int(first), int(last or first) + 1))
         return out
     except ValueError:
-        raise ev.DataError(f"--lora-layers {spec!r}: give layer numbers and ranges, e.g. 20-29 or 0,5,9") from None
+        raise ev.DataError(f"--lora-layers {spec!r}: give layer numbers and ranges, e.g. 20-29 or 0,5,9, or below:N") from None
 
 
 def train_command(args: argparse.Namespace) -> None:
@@ -386,8 +398,9 @@ def train_command(args: argparse.Namespace) -> None:
     dev = tr.read_training_file(args.dev, columns, args.score_column) if args.dev else None
     layers = _layers(args.lora_layers)
     tr.check_loss(data.kind, args.loss)
-    if args.max_seq_length is not None and args.max_seq_length < 1:
-        raise ev.DataError(f"--max-seq-length {args.max_seq_length}: give a positive number of tokens")
+    for flag in ("max_seq_length", "max_batch_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ev.DataError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a positive number of tokens")
     print(f"{len(data)} {data.kind} from {data.source}", file=sys.stderr)
     log = logging.getLogger("echo_embeddings.training")  # the run's summary (frozen-state reuse) to stderr
     log.setLevel(logging.INFO)
@@ -397,7 +410,8 @@ def train_command(args: argparse.Namespace) -> None:
         tr.train(
             model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
             learning_rate=args.learning_rate, lora=args.lora, lora_rank=args.lora_rank, lora_layers=layers, loss=args.loss, seed=args.seed,
-            reuse_frozen=args.reuse_frozen, max_seq_length=args.max_seq_length,
+            reuse_frozen=args.reuse_frozen, max_seq_length=args.max_seq_length, max_batch_tokens=args.max_batch_tokens,
+            gradient_checkpointing=args.gradient_checkpointing,
         )
     except ValueError as error:
         raise ev.DataError(str(error)) from error

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import Batch, Prepared, Row, cut_prefix, longest_first, pack_rows, pad_rows, shared_prefix, token_budget_batches
-from .forward import LayerPlan, decoder_layers, forward_hidden, resolve_output_layer
+from .forward import LayerPlan, checkpointing, decoder_layers, forward_hidden, resolve_output_layer
 from .frozen_states import FrozenStates
 from .layout import Layout, PieceTokenizer
 from .model_defaults import preset_defaults
@@ -311,7 +311,9 @@ class Engine:
         return int(self.model.config.hidden_size)
 
     def _why_no_prefix_cache(self) -> str | None:
-        return "turned off (prefix_cache=False)" if not self.prefix_cache else prefix_cache_support(self.model)
+        if not self.prefix_cache:
+            return "turned off (prefix_cache=False)"
+        return prefix_cache_support(self.model)
 
     def _why_no_packing(self) -> str | None:
         if self._packing is False:
@@ -414,6 +416,11 @@ class Engine:
         depth = resolve_output_layer(self.model, plan.output_layer)[0]
         batch = batch.to(self.device)
         frozen = self.frozen_states.call(batch, depth) if self.frozen_states is not None and torch.is_grad_enabled() else None
+        if batch.prefix and torch.is_grad_enabled() and checkpointing(self.model):
+            raise ValueError(
+                "gradient checkpointing drops the key/value cache while training, so the cached template prefix cannot "
+                "reach this forward: set model[0].engine.prefix_cache = False for the run (echo_embeddings.training.train does)"
+            )
         if batch.packed:
             kernel = self._kernel()
             if kernel is None:

@@ -109,6 +109,13 @@ def resolve_output_layer(model: nn.Module, output_layer: int) -> tuple[int, int]
     return index, n
 
 
+def checkpointing(model: nn.Module) -> bool:
+    """Whether transformers' activation (gradient) checkpointing would run in this model's next
+    forward: turned on for a layer and the model in training mode. Its layers then drop any
+    key/value cache."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in decoder_layers(model))
+
+
 class PassThrough(nn.Module):
     """Stands in for a frozen decoder layer whose output is already known: returns its input."""
 

@@ -313,6 +313,13 @@ class EchoSentenceTransformer(SentenceTransformer):
                 prepared, forward, pooling=first.engine.preset.templates(task)[0].pooling, batch_size=batch_size, progress=bar
             )
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Gradient checkpointing on the decoder, under the name transformers' trainer calls (5.x).
+        Train with the prefix cache off: checkpointed layers drop the key/value cache."""
+        decoder = self[0].model
+        enable = getattr(decoder, "activation_checkpointing_enable", None) or decoder.gradient_checkpointing_enable
+        enable(activation_checkpointing_kwargs, **kwargs)
+
     def add_adapter(self, adapter_config: Any, adapter_name: str | None = None) -> None:
         """sentence-transformers' adapter method, run through peft's own API so that it works with
         the peft releases that install today: a ``peft.LoraConfig`` becomes the echo module's

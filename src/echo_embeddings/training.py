@@ -16,11 +16,13 @@ for the anchor and the document template for the others (a sentence-transformers
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -218,7 +220,7 @@ def train(
     learning_rate: float | None = None,
     lora: bool = True,
     lora_rank: int = 16,
-    lora_layers: Sequence[int] | None = None,
+    lora_layers: Sequence[int] | str | None = None,
     loss: str | None = None,
     eval_steps: int | None = None,
     save_steps: int | None = None,
@@ -226,6 +228,8 @@ def train(
     show_progress_bar: bool = True,
     reuse_frozen: bool = True,
     max_seq_length: int | None = None,
+    max_batch_tokens: int | None = None,
+    gradient_checkpointing: bool = False,
     callbacks: Sequence[Any] = (),
 ) -> EchoSentenceTransformer:
     """Fine-tune ``model`` on ``data`` with ``SentenceTransformerTrainer`` and save it to ``out``.
@@ -239,8 +243,9 @@ def train(
         epochs, max_steps: how long (``max_steps`` wins when positive).
         batch_size: pairs per step; for pairs and triplets the batch also provides the negatives.
         learning_rate: default 2e-4 with LoRA, 2e-5 for full fine-tuning.
-        lora, lora_rank, lora_layers: train a LoRA adapter (default) on these layers (default all);
-            ``lora=False`` trains every weight.
+        lora, lora_rank, lora_layers: train a LoRA adapter (default) on these decoder layers
+            (default all), or ``"below:N"``: the N layers just below the hidden state the model
+            pools (:func:`layers_below_output`); ``lora=False`` trains every weight.
         loss: override the loss chosen from the data's shape.
         eval_steps, save_steps: how often to evaluate (default: about 10 times per run) and save a
             checkpoint (default: 4 times per run; the last two are kept).
@@ -253,6 +258,13 @@ def train(
             they are repeated, and the engine warns), e.g. to adapt to a corpus of long documents
             at a fraction of the cost. Evaluation on ``dev`` during training runs at it too. The
             saved model keeps its own ``max_seq_length``: that is what runs at inference.
+        max_batch_tokens: token-budget batches (:mod:`echo_embeddings.training_batches`): each
+            step holds at most this many prompt tokens and at most ``batch_size`` rows, rows of
+            similar length together; ``None`` keeps fixed ``batch_size`` batches. With it, an
+            epoch takes as many steps as its batches (``max_steps`` still wins).
+        gradient_checkpointing: recompute the trained layers' activations in the backward pass
+            instead of keeping them (transformers' checkpointing on the decoder): less memory
+            for long texts or large batches, at the cost of one more forward of those layers.
         callbacks: transformers ``TrainerCallback`` objects handed to the trainer.
     """
     import torch
@@ -264,47 +276,58 @@ def train(
     if lora and model[0].lora is None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            add_lora(model, r=lora_rank, alpha=2 * lora_rank, layers=list(lora_layers) if lora_layers is not None else None)
+            add_lora(model, r=lora_rank, alpha=2 * lora_rank, layers=_lora_layers(model, lora_layers))
     loss_fn = loss_for(model, data.kind, loss)
-    steps = max_steps if max_steps > 0 else math.ceil(len(data) / batch_size * epochs)
-    every = eval_steps or max(steps // 10, 1)
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(Path(out) / "checkpoints"),
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        learning_rate=learning_rate or (2e-4 if model[0].lora is not None else 2e-5),
-        warmup_steps=max(steps // 10, 0),
-        eval_strategy="steps" if dev is not None else "no",
-        eval_steps=eval_steps or every,
-        save_strategy="steps",
-        save_steps=save_steps or max(steps // 4, 1),
-        save_total_limit=2,
-        logging_steps=max(every // 2, 1),
-        seed=seed,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        batch_sampler=BatchSamplers.NO_DUPLICATES if data.kind != "scored" else BatchSamplers.BATCH_SAMPLER,
-        router_mapping=ROUTES if data.kind != "scored" else {},
-        disable_tqdm=not show_progress_bar,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        report_to=[],
-    )
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data.dataset(), loss=loss_fn, evaluator=evaluator_for(dev) if dev is not None else None,
-        callbacks=list(callbacks) or None,
-    )
-    engine = model[0].engine
-    engine.frozen_states = _frozen_states(model[0].model) if reuse_frozen else None
-    inference_length = model[0].max_seq_length
-    if max_seq_length is not None:
-        model[0].max_seq_length = max_seq_length  # validated by the setting itself
-        logger.info("training prompts cut to %d tokens; the saved model keeps max_seq_length=%d", max_seq_length, inference_length)
-    try:
-        trainer.train()
-    finally:
-        kept, engine.frozen_states = engine.frozen_states, None
-        model[0].max_seq_length = inference_length
+    # transformers 5.x renamed the argument (the old name warns); older releases know only the old one.
+    names = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments)}
+    checkpointing_argument = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    with _prompt_length(model[0], max_seq_length), _prefix_cache_off(model[0], gradient_checkpointing):
+        dataset = data.dataset()
+        sampler: Any = BatchSamplers.NO_DUPLICATES if data.kind != "scored" else BatchSamplers.BATCH_SAMPLER
+        routes = ROUTES if data.kind != "scored" else {}
+        batches_per_epoch = math.ceil(len(data) / batch_size)
+        if max_batch_tokens is not None:
+            from .training_batches import token_budget_sampler
+
+            # Counting the rows' tokens warns once, with totals, if training cuts texts short.
+            sampler = token_budget_sampler(model, dataset, max_batch_tokens, routes=routes, no_duplicates=data.kind != "scored")
+            batches_per_epoch = len(sampler(dataset, batch_size=batch_size, drop_last=False, seed=seed))
+            logger.info("token-budget batches: %d an epoch (at most %d rows and %d tokens each)", batches_per_epoch, batch_size, max_batch_tokens)
+        steps = max_steps if max_steps > 0 else math.ceil(batches_per_epoch * epochs)
+        every = eval_steps or max(steps // 10, 1)
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(Path(out) / "checkpoints"),
+            num_train_epochs=epochs,
+            max_steps=max_steps,
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size,
+            learning_rate=learning_rate or (2e-4 if model[0].lora is not None else 2e-5),
+            warmup_steps=max(steps // 10, 0),
+            eval_strategy="steps" if dev is not None else "no",
+            eval_steps=eval_steps or every,
+            save_strategy="steps",
+            save_steps=save_steps or max(steps // 4, 1),
+            save_total_limit=2,
+            logging_steps=max(every // 2, 1),
+            seed=seed,
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            batch_sampler=sampler,
+            router_mapping=routes,
+            **{checkpointing_argument: gradient_checkpointing},
+            disable_tqdm=not show_progress_bar,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            report_to=[],
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=dataset, loss=loss_fn, evaluator=evaluator_for(dev) if dev is not None else None,
+            callbacks=list(callbacks) or None,
+        )
+        engine = model[0].engine
+        engine.frozen_states = _frozen_states(model[0].model) if reuse_frozen else None
+        try:
+            trainer.train()
+        finally:
+            kept, engine.frozen_states = engine.frozen_states, None
     if kept is not None:
         logger.info(
             "frozen layers 0..%d: %d rows (a text in a template) computed once, served %d times from kept states (%d token states)",
@@ -312,6 +335,57 @@ def train(
         )
     model.save(str(out))
     return model
+
+
+def layers_below_output(model: EchoSentenceTransformer, count: int) -> list[int]:
+    """The ``count`` decoder layers just below the hidden state ``model`` pools (its
+    ``output_layer``): LoRA there adapts the layers nearest the vector, no layer above the pooled
+    state runs (early exit), and the frozen ones below run once per text (frozen-state reuse)."""
+    from .forward import resolve_output_layer
+
+    pooled, _ = resolve_output_layer(model[0].model, model[0].output_layer)  # hidden state k is layer k-1's output
+    if not 1 <= count <= pooled:
+        raise ValueError(f"below:{count}: the model pools hidden state {pooled}, so give 1 to {pooled} layers below it")
+    return list(range(pooled - count, pooled))
+
+
+def _lora_layers(model: EchoSentenceTransformer, spec: Sequence[int] | str | None) -> list[int] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        kind, _, count = spec.partition(":")
+        if kind != "below" or not count.isdigit():
+            raise ValueError(f"lora_layers={spec!r}: give layer numbers, or 'below:N' for the N layers below the pooled hidden state")
+        return layers_below_output(model, int(count))
+    return list(spec)
+
+
+@contextmanager
+def _prefix_cache_off(module: Any, off: bool) -> Iterator[None]:
+    """The engine's prefix cache off for the block when ``off`` (gradient checkpointing drops the
+    key/value cache in training), then as it was."""
+    engine = module.engine
+    before = engine.prefix_cache
+    if off and before:
+        engine.prefix_cache = False
+        logger.info("prefix cache off for the run: gradient checkpointing drops the key/value cache while training")
+    try:
+        yield
+    finally:
+        engine.prefix_cache = before
+
+
+@contextmanager
+def _prompt_length(module: Any, length: int | None) -> Iterator[None]:
+    """``module.max_seq_length`` set to ``length`` for the block (``None``: unchanged), then put back."""
+    inference_length = module.max_seq_length
+    if length is not None:
+        module.max_seq_length = length  # validated by the setting itself
+        logger.info("training prompts cut to %d tokens; the saved model keeps max_seq_length=%d", length, inference_length)
+    try:
+        yield
+    finally:
+        module.max_seq_length = inference_length
 
 
 def _frozen_states(decoder: Any) -> FrozenStates | None:
