@@ -38,7 +38,20 @@ def test_a_few_lora_steps_separate_the_pairs_and_train_only_the_adapter(tmp_path
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows = scored_rows()
     before = gap(model, rows)
-    training.train(model, training.TrainingData("scored", rows, "memory"), tmp_path / "out", max_steps=8, batch_size=8, learning_rate=5e-3, show_progress_bar=False)
+    from transformers import TrainerCallback
+
+    losses = []
+
+    class Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    training.train(
+        model, training.TrainingData("scored", rows, "memory"), tmp_path / "out", max_steps=8, batch_size=8, learning_rate=5e-3,
+        show_progress_bar=False, callbacks=[Losses()],
+    )
+    assert len(losses) >= 4 and sum(losses[-2:]) < sum(losses[:2])  # the trainer's own loss went down
     assert gap(model, rows) > before + 0.05
     changed = {n for n, p in model.named_parameters() if n in base and not torch.equal(p, base[n])}
     assert changed == set()  # the base weights never moved
