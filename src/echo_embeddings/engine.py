@@ -311,9 +311,7 @@ class Engine:
         return int(self.model.config.hidden_size)
 
     def _why_no_prefix_cache(self) -> str | None:
-        if not self.prefix_cache:
-            return "turned off (prefix_cache=False)"
-        return prefix_cache_support(self.model)
+        return "turned off (prefix_cache=False)" if not self.prefix_cache else prefix_cache_support(self.model)
 
     def _why_no_packing(self) -> str | None:
         if self._packing is False:
