@@ -373,8 +373,12 @@ def _layers(spec: str | None) -> list[int] | str | None:
     if not spec:
         return None
     if spec.startswith("below:"):
-        if not spec[6:].isdigit() or int(spec[6:]) < 1:
-            raise ev.DataError(f"--lora-layers {spec!r}: below:N takes a positive number of layers")
+        from .training import below_count
+
+        try:
+            below_count(spec)
+        except ValueError as error:
+            raise ev.DataError(f"--lora-layers: {error}") from None
         return spec  # resolved against the model's pooled hidden state once it is loaded
     try:
         out: list[int] = []

@@ -349,15 +349,18 @@ def layers_below_output(model: EchoSentenceTransformer, count: int) -> list[int]
     return list(range(pooled - count, pooled))
 
 
+def below_count(spec: str) -> int:
+    """N of a ``"below:N"`` layer spec (checked before any model work)."""
+    kind, _, count = spec.partition(":")
+    if kind != "below" or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"lora layers {spec!r}: below:N takes a positive number of layers (the N layers below the pooled hidden state)")
+    return int(count)
+
+
 def _lora_layers(model: EchoSentenceTransformer, spec: Sequence[int] | str | None) -> list[int] | None:
     if spec is None:
         return None
-    if isinstance(spec, str):
-        kind, _, count = spec.partition(":")
-        if kind != "below" or not count.isdigit():
-            raise ValueError(f"lora_layers={spec!r}: give layer numbers, or 'below:N' for the N layers below the pooled hidden state")
-        return layers_below_output(model, int(count))
-    return list(spec)
+    return layers_below_output(model, below_count(spec)) if isinstance(spec, str) else list(spec)
 
 
 @contextmanager
