@@ -173,3 +173,21 @@ def test_read_corpus_rejects_unknown_files(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="holds no"):
         (tmp_path / "empty").mkdir()
         read_corpus([tmp_path / "empty"])
+
+
+def test_a_used_output_folder_is_refused_unless_overwritten(local_ray, tiny_folder, tmp_path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one text\nanother text\n", encoding="utf-8")
+    out = tmp_path / "vectors"
+    assert embed_corpus([corpus], out, model=tiny_folder, strategy="echo", device="cpu") == 2
+    with pytest.raises(FileExistsError, match="already holds files"):
+        embed_corpus([corpus], out, model=tiny_folder, strategy="echo", device="cpu")
+    assert cli.main(["embed", str(corpus), "--ray", "--model", tiny_folder, "--out", str(out)]) == 2
+    # Overwriting replaces the folder's files: the count and the folder hold this run's rows only.
+    assert embed_corpus([corpus], out, model=tiny_folder, strategy="echo", device="cpu", overwrite=True) == 2
+    assert pq.read_table(out).num_rows == 2
+    (tmp_path / "a_file").write_text("x", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="is a file"):
+        embed_corpus([corpus], tmp_path / "a_file", model=tiny_folder, strategy="echo", device="cpu")
+    (tmp_path / "empty").mkdir()
+    assert embed_corpus([corpus], tmp_path / "empty", model=tiny_folder, strategy="echo", device="cpu") == 2

@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs reserved per actor (default: %(default)s)")
     ray_group.add_argument("--id-column", default=None, help="take row ids from this column (default: file name and row number)")
     ray_group.add_argument("--keep-text", action="store_true", help="write the text column next to id and embedding")
+    ray_group.add_argument("--overwrite", action="store_true", help="replace what the --out folder holds (by default it must be new or empty)")
     embed.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
     embed.add_argument("--strategy", default=None, help="preset or template (default: echo, or a saved model's own)")
     embed.add_argument("--task", choices=["sentence", "query", "document"], default="sentence", help="which template (default: %(default)s)")
@@ -321,9 +322,9 @@ def embed_on_ray(args: argparse.Namespace) -> None:
     try:
         rows = echo_ray.embed_corpus(
             args.input, args.out, actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, text_column=args.column or "text",
-            id_column=args.id_column, keep_text=args.keep_text, **options,
+            id_column=args.id_column, keep_text=args.keep_text, overwrite=args.overwrite, **options,
         )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
         raise ev.DataError(str(error)) from error
     print(f"wrote {rows} rows (id, embedding{', text' if args.keep_text else ''}) as Parquet to {args.out}")
 

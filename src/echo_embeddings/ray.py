@@ -257,16 +257,22 @@ def embed_corpus(
     text_column: str = "text",
     id_column: str | None = None,
     keep_text: bool = False,
+    overwrite: bool = False,
     **embed_options: Any,
-) -> Any:
+) -> int:
     """Read ``paths``, embed every row on ``actors`` Ray actors, write Parquet to ``out`` (columns
-    ``id``, ``embedding`` and, with ``keep_text``, ``text``). Returns the written dataset's row count.
+    ``id``, ``embedding`` and, with ``keep_text``, ``text``). Returns the number of rows written.
+
+    ``out`` (a local folder or a URI pyarrow's file systems know) must not hold anything yet, so
+    that two runs never mix in one folder; ``overwrite=True`` replaces what it holds.
 
     Ray sets each actor's thread count (``OMP_NUM_THREADS``) to its CPU reservation, so on CPUs
     ``cpus_per_actor`` is also the number of threads torch uses in each actor."""
     ray = _require_ray()
     if actors < 1:
         raise ValueError(f"actors must be at least 1, got {actors}")
+    if not overwrite:
+        _refuse_used_output(str(out))
     ds = read_corpus(paths, text_column=text_column, id_column=id_column, splits_per_file=4 * actors)
     ds = ds.map_batches(
         EchoEmbedBatches,
@@ -279,5 +285,20 @@ def embed_corpus(
     )
     if not keep_text:
         ds = ds.drop_columns(["text"])
-    ds.write_parquet(str(out))
-    return ray.data.read_parquet(str(out)).count()
+    ds.write_parquet(str(out), mode=ray.data.SaveMode.OVERWRITE if overwrite else ray.data.SaveMode.APPEND)
+    # The count reads the files' footers with pyarrow: Ray's own read_parquet lists files on a
+    # thread pool that, in Ray 2.60, can raise InterruptedError in a thread after a successful read.
+    import pyarrow.dataset
+
+    return pyarrow.dataset.dataset(str(out), format="parquet").count_rows()
+
+
+def _refuse_used_output(out: str) -> None:
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(out) if "://" in out else (fs.LocalFileSystem(), str(Path(out).absolute()))
+    info = filesystem.get_file_info(path)
+    if info.type == fs.FileType.File:
+        raise FileExistsError(f"--out {out} is a file; embed writes a folder of Parquet files")
+    if info.type == fs.FileType.Directory and filesystem.get_file_info(fs.FileSelector(path, recursive=False)):
+        raise FileExistsError(f"--out {out} already holds files; choose a new folder or pass overwrite=True (--overwrite) to replace them")
