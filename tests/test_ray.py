@@ -191,3 +191,6 @@ def test_a_used_output_folder_is_refused_unless_overwritten(local_ray, tiny_fold
         embed_corpus([corpus], tmp_path / "a_file", model=tiny_folder, strategy="echo", device="cpu")
     (tmp_path / "empty").mkdir()
     assert embed_corpus([corpus], tmp_path / "empty", model=tiny_folder, strategy="echo", device="cpu") == 2
+    # A corpus without rows writes nothing and says so.
+    (tmp_path / "blank.txt").write_text("", encoding="utf-8")
+    assert embed_corpus([tmp_path / "blank.txt"], tmp_path / "none", model=tiny_folder, strategy="echo", device="cpu") == 0

@@ -286,17 +286,33 @@ def embed_corpus(
     if not keep_text:
         ds = ds.drop_columns(["text"])
     ds.write_parquet(str(out), mode=ray.data.SaveMode.OVERWRITE if overwrite else ray.data.SaveMode.APPEND)
-    # The count reads the files' footers with pyarrow: Ray's own read_parquet lists files on a
-    # thread pool that, in Ray 2.60, can raise InterruptedError in a thread after a successful read.
-    import pyarrow.dataset
+    return _written_rows(str(out))
 
-    return pyarrow.dataset.dataset(str(out), format="parquet").count_rows()
+
+def _output_location(out: str) -> tuple[Any, str]:
+    """``out`` as a pyarrow file system and a path on it (a local folder, or a URI such as s3://)."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(out) if "://" in out else (fs.LocalFileSystem(), str(Path(out).absolute()))
+
+
+def _written_rows(out: str) -> int:
+    """Rows in the Parquet files under ``out``, from their footers (0 when nothing was written).
+    Ray's own read_parquet is not used: in Ray 2.60 its file listing can raise InterruptedError
+    in a worker thread after a successful read."""
+    import pyarrow.dataset
+    from pyarrow import fs
+
+    filesystem, path = _output_location(out)
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return 0
+    return pyarrow.dataset.dataset(path, filesystem=filesystem, format="parquet").count_rows()
 
 
 def _refuse_used_output(out: str) -> None:
     from pyarrow import fs
 
-    filesystem, path = fs.FileSystem.from_uri(out) if "://" in out else (fs.LocalFileSystem(), str(Path(out).absolute()))
+    filesystem, path = _output_location(out)
     info = filesystem.get_file_info(path)
     if info.type == fs.FileType.File:
         raise FileExistsError(f"--out {out} is a file; embed writes a folder of Parquet files")
