@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from tune_whitening import pairs
-from tune_zero_shot import STS, pooled_states, spearman_rows, unit
+from tune_zero_shot import STS, pooled_states, spearman_rows, transforms, unit
 
 import echo_embeddings
 from echo_embeddings.forward import decoder_layers
@@ -49,20 +49,17 @@ def states_for(model_name: str, preset: str, sts: dict, cache: Path) -> tuple[li
 
 
 def transform(x: np.ndarray, kind: str) -> np.ndarray:
-    """Unit vectors of ``x`` after ``kind``, fitted on ``x`` itself."""
-    if kind == "raw":
-        return unit(x)
-    centered = (x - x.mean(0)).astype(np.float64)
-    if kind == "center":
-        return unit(centered).astype(np.float32)
-    name, k = kind.rstrip("0123456789"), int(kind.lstrip("abcdefghijklmnopqrstuvwxyz") or 0)
-    if name not in ("abtt", "pca") or k < 1:
+    """Unit vectors of ``x`` after ``kind``, fitted on ``x`` itself: raw, center and pcaK with the
+    shipped ``Whitening`` (through ``tune_zero_shot.transforms``), abttK here."""
+    name, k = kind.rstrip("0123456789"), int(kind[len(kind.rstrip("0123456789")) :] or 0)
+    if kind in ("raw", "center") or (name == "pca" and k > 0):
+        mean, projection = transforms(x, [k] if k else [])[kind]
+        return unit((x - mean) @ projection)
+    if name != "abtt" or k < 1:
         raise ValueError(f"unknown transform {kind!r}; use raw, center, pcaK or abttK")
-    _, singular, directions = np.linalg.svd(centered, full_matrices=False)
-    if name == "abtt":
-        top = directions[:k]
-        return unit(centered - centered @ top.T @ top).astype(np.float32)
-    return unit(centered @ (directions[:k].T / (singular[:k] / np.sqrt(len(x) - 1)))).astype(np.float32)
+    centered = (x - x.mean(0)).astype(np.float64)
+    top = np.linalg.svd(centered, full_matrices=False)[2][:k]
+    return unit(centered - centered @ top.T @ top).astype(np.float32)
 
 
 class Scorer:
