@@ -151,8 +151,13 @@ def spearman_rows(cos: np.ndarray, gold: np.ndarray, index: np.ndarray | None = 
 
 
 def ndcg_per_query(task: ev.Retrieval, queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
+    return ndcg_of_scores(task, queries @ documents.T)
+
+
+def ndcg_of_scores(task: ev.Retrieval, scores: np.ndarray) -> np.ndarray:
+    """nDCG@10 x 100 of each query, ranking the corpus by ``scores`` ``[queries, documents]``."""
     doc_ids = list(task.corpus)
-    top = np.argsort(-(queries @ documents.T), axis=1, kind="stable")[:, :10]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     return np.array([100 * ev.ndcg_at_k([doc_ids[j] for j in top[i]], task.qrels[q]) for i, q in enumerate(task.queries)])
 
 
