@@ -100,11 +100,13 @@ class Scorer:
             }
         self.states: dict[str, tuple[list[int], dict[str, np.ndarray]]] = {}
         for preset in presets:
+            arrays: dict[str, np.ndarray] = {}
             for group, texts in groups.items():
-                states, arrays = states_for(model_name, preset, group, texts, cache)
-                self.states[preset] = (states, {**self.states.get(preset, (states, {}))[1], **arrays})
+                states, found = states_for(model_name, preset, group, texts, cache)
+                arrays.update(found)
+            self.states[preset] = (states, arrays)
         self.columns = [*STS, *(["SciFact"] if self.retrieval else []), *(list(self.classes) if self.classes else [])]
-        self._vectors: dict[tuple[str, int, str, str], np.ndarray] = {}
+        self._vectors: dict[tuple[str, int, str, str, str, bool], np.ndarray] = {}
 
     def vectors(self, member: str, name: str, fit_on: str | None = None, unit_length: bool = True) -> np.ndarray:
         """``member``'s vectors for the texts of ``name``, its transform fitted on those of ``fit_on`` (default ``name``)."""
