@@ -33,13 +33,23 @@ from pathlib import Path
 
 import numpy as np
 from tune_whitening import DATA, pairs
-from tune_zero_shot import STS, accuracy, classification_sets, ndcg_of_scores, pooled_states, spearman_rows, transforms, unit
+from tune_zero_shot import (
+    STS,
+    accuracy,
+    classification_sets,
+    ndcg_of_scores,
+    paired_difference,
+    pooled_states,
+    spearman_rows,
+    transforms,
+    unit,
+    with_interval,
+)
 
 import echo_embeddings
 from echo_embeddings import evaluation as ev
 from echo_embeddings.forward import decoder_layers
 
-ROUNDS = 1000
 KINDS = ["raw", "center", "abtt1", "abtt3", "abtt5", "abtt10", "pca64", "pca128", "pca256"]
 CORPUS_SIZE = 300
 BANKING = 2500
@@ -148,33 +158,20 @@ class Scorer:
 
     def with_intervals(self, config: str) -> list[tuple[float, float, float]]:
         """Per column: the score and its bootstrap 95% interval (over pairs or queries; none for accuracy)."""
-        out = []
-        for name, gold in self.golds.items():
-            index = np.random.default_rng(0).integers(0, len(gold), (ROUNDS, len(gold)))
-            cos = self.cosines(config, name)
-            out.append((float(spearman_rows(cos, gold)[0]), *np.percentile(spearman_rows(cos, gold, index), [2.5, 97.5])))
-        if self.retrieval:
-            per_query = self.ndcg(config)
-            index = np.random.default_rng(0).integers(0, len(per_query), (ROUNDS, len(per_query)))
-            out.append((float(per_query.mean()), *np.percentile(per_query[index].mean(1), [2.5, 97.5])))
-        if self.classes:
-            out += [(a, float("nan"), float("nan")) for a in self.accuracies(config)]
-        return out
+        return [with_interval(cell, self.golds.get(column)) for column, cell in self.cells(config).items()]
 
     def difference(self, a: str, b: str) -> list[tuple[float, float, float]]:
         """Per column: ``a`` minus ``b`` on the same bootstrap draws."""
-        out = []
-        for name, gold in self.golds.items():
-            index = np.random.default_rng(1).integers(0, len(gold), (ROUNDS, len(gold)))
-            ca, cb = self.cosines(a, name), self.cosines(b, name)
-            draws = spearman_rows(ca, gold, index) - spearman_rows(cb, gold, index)
-            out.append((float(spearman_rows(ca, gold)[0] - spearman_rows(cb, gold)[0]), *np.percentile(draws, [2.5, 97.5])))
+        cells_b = self.cells(b)
+        return [paired_difference(cell, cells_b[column], self.golds.get(column)) for column, cell in self.cells(a).items()]
+
+    def cells(self, config: str) -> dict[str, dict]:
+        """Per column, the raw scores in ``tune_zero_shot``'s cell form (cosines, per-query nDCG or accuracy)."""
+        out: dict[str, dict] = {name: {"cos": self.cosines(config, name)} for name in self.golds}
         if self.retrieval:
-            delta = self.ndcg(a) - self.ndcg(b)
-            index = np.random.default_rng(1).integers(0, len(delta), (ROUNDS, len(delta)))
-            out.append((float(delta.mean()), *np.percentile(delta[index].mean(1), [2.5, 97.5])))
+            out["SciFact"] = {"per_query": self.ndcg(config)}
         if self.classes:
-            out += [(x - y, float("nan"), float("nan")) for x, y in zip(self.accuracies(a), self.accuracies(b))]
+            out.update({name: {"accuracy": a} for name, a in zip(self.classes, self.accuracies(config))})
         return out
 
 
