@@ -30,10 +30,10 @@ from torch import nn
 
 import echo_embeddings
 from echo_embeddings import Engine
-from echo_embeddings.batching import shared_prefix
-from echo_embeddings.forward import decoder_layers, resolve_output_layer
-from echo_embeddings.loading import resolve
-from echo_embeddings.model_defaults import preset_defaults
+from echo_embeddings.engine.batching import shared_prefix
+from echo_embeddings.engine.model_parts import decoder_layers, resolve_output_layer
+from echo_embeddings.engine.loading import resolve
+from echo_embeddings.engine.defaults import preset_defaults
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb_dev.tsv"
 

@@ -41,7 +41,7 @@ def main() -> None:
     import ray
 
     import echo_embeddings
-    from echo_embeddings.ray import embed_corpus
+    from echo_embeddings.scale_out import embed_corpus
 
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     model_name = args.model

@@ -16,7 +16,7 @@ import torch
 
 import echo_embeddings
 from echo_embeddings import Engine
-from echo_embeddings.forward import decoder_layers
+from echo_embeddings.engine.model_parts import decoder_layers
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb_dev.tsv"
 

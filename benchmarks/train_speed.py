@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 import echo_embeddings
 from echo_embeddings import evaluation as ev
 from echo_embeddings import training
-from echo_embeddings.forward import resolve_output_layer
+from echo_embeddings.engine.model_parts import resolve_output_layer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

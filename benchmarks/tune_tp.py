@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 
 import echo_embeddings
 from echo_embeddings import Engine
-from echo_embeddings.forward import decoder_layers, final_norm
+from echo_embeddings.engine.model_parts import decoder_layers, final_norm
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

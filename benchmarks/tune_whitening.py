@@ -22,7 +22,7 @@ import torch
 from scipy.stats import spearmanr
 
 import echo_embeddings
-from echo_embeddings.whitening import CovarianceAccumulator, Whitening
+from echo_embeddings.models.whitening import CovarianceAccumulator, Whitening
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

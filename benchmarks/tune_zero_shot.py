@@ -32,10 +32,10 @@ from tune_whitening import DATA, pairs
 
 import echo_embeddings
 from echo_embeddings import evaluation as ev
-from echo_embeddings.forward import decoder_layers
-from echo_embeddings.model_defaults import defaults_for
-from echo_embeddings.pooling import pool
-from echo_embeddings.whitening import CovarianceAccumulator, Whitening
+from echo_embeddings.engine.model_parts import decoder_layers
+from echo_embeddings.engine.defaults import defaults_for
+from echo_embeddings.engine.pooling import pool
+from echo_embeddings.models.whitening import CovarianceAccumulator, Whitening
 
 STS = {
     "STS-B dev": ("stsb_dev.tsv", 0, 1500),

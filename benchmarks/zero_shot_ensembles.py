@@ -48,7 +48,7 @@ from tune_zero_shot import (
 
 import echo_embeddings
 from echo_embeddings import evaluation as ev
-from echo_embeddings.forward import decoder_layers
+from echo_embeddings.engine.model_parts import decoder_layers
 
 KINDS = ["raw", "center", "abtt1", "abtt3", "abtt5", "abtt10", "pca64", "pca128", "pca256"]
 CORPUS_SIZE = 300

@@ -14,7 +14,7 @@ import mteb
 from datasets import Dataset, DatasetDict
 
 import echo_embeddings
-from echo_embeddings.evaluation import read_table
+from echo_embeddings.data import read_table
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("pairs", help="TSV/CSV with score, sentence1, sentence2 columns")

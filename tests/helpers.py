@@ -30,7 +30,9 @@ from transformers import (
     Qwen3Config,
 )
 
-from echo_embeddings.packing import IMPLEMENTATION
+from echo_embeddings.engine.packing import register_packed_attention
+
+IMPLEMENTATION = register_packed_attention()
 
 T = TypeVar("T")
 

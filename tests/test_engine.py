@@ -119,7 +119,7 @@ def test_custom_template_string_and_object(make_model, bpe_tokenizer) -> None:
 
 
 def test_token_budget_batches_cap_padded_tokens(make_model) -> None:
-    from echo_embeddings.batching import token_budget_batches
+    from echo_embeddings.engine.schedule import token_budget_batches
 
     embedder = make_model("echo")[0].engine
     prepared = embedder.prepare(MIXED * 4)
@@ -157,7 +157,7 @@ def test_features_round_trip_and_cut_into_row_mini_batches(make_model, strategy:
     sentence-transformers' cached losses cut features gives those rows' vectors."""
     from sentence_transformers.base.losses.gradcache import _create_minibatch
 
-    from echo_embeddings.batching import Batch
+    from echo_embeddings.engine.batching import Batch
 
     model = make_model(strategy)
     module = model[0]

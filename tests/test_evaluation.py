@@ -120,7 +120,7 @@ def test_reader_errors_name_the_file_and_fix(tmp_path) -> None:
     with pytest.raises(ev.DataError, match=r"labels \['z'\] appear in the test split but never in training"):
         ev.read_classification(str(tmp_path / "train.csv"), str(tmp_path / "test.csv"), ["text", "label"])
     with pytest.raises(ev.DataError, match="no task given"):
-        cli.evaluate(cli._parser().parse_args(["evaluate", "--model", "x"]))
+        cli.evaluate.run(cli.parser().parse_args(["evaluate", "--model", "x"]))
 
 
 def test_cli_end_to_end_with_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

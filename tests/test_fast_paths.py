@@ -8,7 +8,7 @@ import torch
 
 import echo_embeddings
 from echo_embeddings import PRESETS, save_npy
-from echo_embeddings import packing as packing_module
+from echo_embeddings.engine import packing as packing_module
 from echo_embeddings.engine import Engine
 
 TEXTS = [
@@ -43,7 +43,7 @@ def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
 @pytest.mark.parametrize("strategy", sorted(PRESETS))
 def test_each_optimization_equals_plain_path_every_strategy(make_model, strategy: str) -> None:
     engine = make_model(strategy)[0].engine
-    assert engine.prefix_cache and engine._kernel() == "grouped-sdpa"
+    assert engine.prefix_cache and engine.packing_kernel == "grouped-sdpa"
     reference = plain(engine)
     for options in ({}, {"packing": False}, {"prefix_cache": False}):
         for task in (None, "query", "document"):
@@ -191,7 +191,7 @@ def test_cli_embed_streams_a_text_file(tmp_path, monkeypatch: pytest.MonkeyPatch
 
 def test_packing_stays_off_where_it_would_change_results(make_model) -> None:
     gemma2 = make_model("echo", arch="gemma2")[0].engine
-    assert gemma2._kernel() is None  # soft-capped attention keeps padded batches
+    assert gemma2.packing_kernel is None  # soft-capped attention keeps padded batches
     with pytest.raises(ValueError, match="does not support packed"):
         variant(gemma2, packing=True)
     gemma3 = make_model("raw-mean", arch="gemma3")[0].engine  # a sliding window of 16 tokens

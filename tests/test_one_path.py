@@ -13,7 +13,9 @@ import torch
 
 import echo_embeddings
 from echo_embeddings import EchoEmbedder, EchoSentenceTransformer, Engine
-from echo_embeddings.packing import IMPLEMENTATION
+from echo_embeddings.engine.packing import register_packed_attention
+
+IMPLEMENTATION = register_packed_attention()
 from helpers import save_dense_model, tiny_decoder
 
 TEXTS = ["A man is playing a guitar.", "Hi", "", "Someone plays an instrument on the stage while the crowd sings along."]
@@ -175,7 +177,7 @@ def test_packed_attention_is_plain_sdpa_for_everyone_else(make_model) -> None:
 
 def test_packed_layout_must_reach_every_layer(make_model, monkeypatch: pytest.MonkeyPatch) -> None:
     """A model whose forward drops attention kwargs would mix packed rows: it fails loudly instead."""
-    from echo_embeddings import engine as engine_module
+    from echo_embeddings.engine import engine as engine_module
 
     engine = make_model("echo")[0].engine
     real = engine_module.forward_hidden

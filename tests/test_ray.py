@@ -20,7 +20,7 @@ from helpers import save_dense_model, save_tiny_model
 
 ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'echo-embeddings[ray]'")
 from echo_embeddings import cli  # noqa: E402
-from echo_embeddings.ray import BadRowError, EchoEmbedBatches, embed_corpus, read_corpus  # noqa: E402
+from echo_embeddings.scale_out import BadRowError, EchoEmbedBatches, embed_corpus, read_corpus  # noqa: E402
 
 TEXTS = ["A man is playing a guitar.", "", "Someone plays an instrument on the stage.", "Dogs run.", 'Braces {x} and "quotes".']
 
@@ -154,7 +154,7 @@ def test_the_core_imports_and_runs_without_ray() -> None:
 
 
 def test_line_aligned_splits_cover_a_file_exactly(tmp_path) -> None:
-    from echo_embeddings.ray import _rows, _splits
+    from echo_embeddings.scale_out import _rows, _splits
 
     path = tmp_path / "big.jsonl"
     lines = [json.dumps({"text": f"row {i} " + "é" * (i % 50)}) for i in range(60_000)]

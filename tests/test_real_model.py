@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import echo_embeddings
-from echo_embeddings import loading
+from echo_embeddings.engine import loading
 
 pytestmark = pytest.mark.real
 TRIPLES = [line.split("\t") for line in (Path(__file__).parent / "data" / "triples.tsv").read_text(encoding="utf-8").splitlines()[1:]]

@@ -33,7 +33,7 @@ def test_save_and_load_round_trip(make_model, tmp_path) -> None:
     assert config["requires"].startswith("echo-embeddings>=")
     assert config["strategy"] == "prompteol" and config["output_layer"] == -2
     modules = json.loads((folder / "modules.json").read_text())
-    assert modules[0]["type"] == "echo_embeddings.sentence_transformer.EchoEmbedder"
+    assert modules[0]["type"] == "echo_embeddings.models.embedder.EchoEmbedder"
 
     again = echo_embeddings.load(str(folder), device="cpu")
     assert isinstance(again, EchoSentenceTransformer)
@@ -105,7 +105,7 @@ def test_multi_process_pool(make_model) -> None:
 
 
 def test_checkpoint_ids_pick_their_templates() -> None:
-    from echo_embeddings.presets import CHECKPOINT_PRESETS, PRESETS
+    from echo_embeddings.engine.presets import CHECKPOINT_PRESETS, PRESETS
 
     for checkpoint, preset in CHECKPOINT_PRESETS.items():
         (template,) = PRESETS[preset].templates("query")

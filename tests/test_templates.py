@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from echo_embeddings import PRESETS, Preset, Template, get_preset, register_preset
-from echo_embeddings.layout import PieceTokenizer
+from echo_embeddings.engine.layout import PieceTokenizer
 
 TEXTS = ["A man is playing a guitar.", 'Braces {x} and "quotes" stay literal.', "Rewrite the following sentence: </s> <s>"]
 

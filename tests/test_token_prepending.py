@@ -11,8 +11,9 @@ from torch import nn
 import echo_embeddings
 from conftest import ARCHITECTURES
 from echo_embeddings import Engine, LayerPlan
-from echo_embeddings.forward import UnsupportedModelError, decoder_layers, forward_hidden
-from echo_embeddings.model_defaults import preset_defaults
+from echo_embeddings.engine.forward import forward_hidden
+from echo_embeddings.engine.model_parts import UnsupportedModelError, decoder_layers
+from echo_embeddings.engine.defaults import preset_defaults
 
 TEXTS = ["A man is playing a guitar.", "Hi", "Someone plays an instrument on the stage while the crowd sings.", ""]
 

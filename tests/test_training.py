@@ -12,7 +12,7 @@ from peft import LoraConfig
 
 import echo_embeddings
 from echo_embeddings import cli, training
-from echo_embeddings.evaluation import DataError
+from echo_embeddings.data import DataError
 from helpers import save_lora_model, save_tiny_model
 
 TEXTS = ["A man is playing a guitar.", "Dogs run in the park.", "The market fell sharply."]
@@ -206,8 +206,8 @@ def test_the_train_command(tmp_path, capsys: pytest.CaptureFixture) -> None:
 def test_kept_frozen_states_give_the_full_forward_s_vectors_and_gradients(make_model, arch, strategy, options) -> None:
     """The second time a row is seen, the layers below the adapter do not run, and the vectors and
     gradients are the full forward's."""
-    from echo_embeddings.forward import decoder_layers
-    from echo_embeddings.frozen_states import FrozenStates
+    from echo_embeddings.engine.model_parts import decoder_layers
+    from echo_embeddings.training.frozen_states import FrozenStates
 
     options = dict(options)
     packing, targets = options.pop("packing", None), options.pop("target_modules", None)
@@ -229,30 +229,31 @@ def test_kept_frozen_states_give_the_full_forward_s_vectors_and_gradients(make_m
         return vectors.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     full, full_grads = step()
-    module.engine.frozen_states = frozen = FrozenStates(module.model)
-    assert frozen.start == 2
-    first, _ = step()  # every row new: all layers run, their inputs to layer 2 are kept
-    assert frozen.computed == 4 and frozen.served == 0 and torch.allclose(first, full, atol=1e-5)  # one text is repeated
-    calls.clear()
-    kept, kept_grads = step()
-    assert set(calls) <= {0} and frozen.served == 5  # layers 0 and 1 did not run on the rows
-    assert torch.allclose(kept, full, atol=1e-5)
-    assert all(torch.allclose(kept_grads[n], g, atol=1e-5) for n, g in full_grads.items())
-    assert type(decoder_layers(module.model)[0]).__name__ != "PassThrough"  # the layers are back
-    calls.clear()
-    with torch.no_grad():  # outside training it plays no part
-        module.forward(dict(features))
-    assert max(calls) > 0 and frozen.served == 5
+    frozen = FrozenStates(module.model)
+    with module.engine.entering_with(frozen):
+        assert frozen.start == 2
+        first, _ = step()  # every row new: all layers run, their inputs to layer 2 are kept
+        assert frozen.computed == 4 and frozen.served == 0 and torch.allclose(first, full, atol=1e-5)  # one text is repeated
+        calls.clear()
+        kept, kept_grads = step()
+        assert set(calls) <= {0} and frozen.served == 5  # layers 0 and 1 did not run on the rows
+        assert torch.allclose(kept, full, atol=1e-5)
+        assert all(torch.allclose(kept_grads[n], g, atol=1e-5) for n, g in full_grads.items())
+        assert type(decoder_layers(module.model)[0]).__name__ != "PassThrough"  # the layers are back
+        calls.clear()
+        with torch.no_grad():  # outside training it plays no part
+            module.forward(dict(features))
+        assert max(calls) > 0 and frozen.served == 5
 
 
 def test_kept_frozen_states_refuse_a_lower_layer_that_starts_training(make_model) -> None:
-    from echo_embeddings.frozen_states import FrozenStates
+    from echo_embeddings.training.frozen_states import FrozenStates
 
     model = echo_embeddings.add_lora(make_model("echo"), r=4, layers=[2, 3])
     module = model[0]
-    module.engine.frozen_states = FrozenStates(module.model)
+    frozen = FrozenStates(module.model)
     next(p for n, p in module.model.named_parameters() if ".1." in n).requires_grad_(True)
-    with pytest.raises(RuntimeError, match="below decoder layer 2 now trains"):
+    with module.engine.entering_with(frozen), pytest.raises(RuntimeError, match="below decoder layer 2 now trains"):
         module.forward(module.preprocess(TEXTS))
 
 
@@ -267,7 +268,7 @@ def test_training_reuses_frozen_states_from_the_second_epoch_with_the_same_resul
                 model, data, tmp_path / f"out{reuse}", epochs=2, batch_size=8, lora_layers=[2, 3], learning_rate=5e-3,
                 show_progress_bar=False, reuse_frozen=reuse,
             )
-        assert model[0].engine.frozen_states is None  # only for the run
+        assert model[0].engine.entry is None  # only for the run
         vectors[reuse] = model.encode(TEXTS, convert_to_tensor=True)
     assert "32 rows (a text in a template) computed once, served 32 times" in caplog.text  # every text of epoch 2 started at layer 2
     assert torch.allclose(vectors[True], vectors[False], atol=1e-4)

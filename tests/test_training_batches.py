@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 import echo_embeddings
 from echo_embeddings import training
-from echo_embeddings.training_batches import TokenBudgetBatchSampler, row_lengths, token_budget_sampler
+from echo_embeddings.training.batches import TokenBudgetBatchSampler, row_lengths, token_budget_sampler
 from helpers import save_tiny_model
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import echo_embeddings
 from echo_embeddings import Whitening, fit_whitening
-from echo_embeddings.whitening import CovarianceAccumulator
+from echo_embeddings.models.whitening import CovarianceAccumulator
 from helpers import save_dense_model, save_tiny_model
 
 CORPUS = [f"Document {i}: {'dogs run in the park' if i % 3 else 'the market fell'} and {'cats sleep' if i % 2 else 'birds sing'} {i % 7}." for i in range(120)]

@@ -1,21 +1,21 @@
-"""Sentence embeddings from any causal language model, without training: echo, token prepending and baselines."""
+"""Sentence embeddings from any causal language model: echo, token prepending and baselines.
 
-from __future__ import annotations
+The public API, re-exported from the modules that define it (see the architecture page of the docs).
+"""
 
-__version__ = "0.2.0"
-
-from typing import Any
-
-import torch
-
-from .engine import Engine, check_texts
-from .forward import LayerPlan
-from .loading import ALIASES, DEFAULT_MODEL, EmbeddedModel, register_alias
-from .presets import PRESETS, Preset, as_preset, get_preset, register_preset
-from .sentence_transformer import EchoEmbedder, EchoSentenceTransformer, is_saved_model
+from ._version import __version__
+from .api import add_lora, is_saved_model, load, merge_lora
+from .engine.engine import Engine
+from .engine.forward import LayerPlan
+from .engine.inputs import check_texts
+from .engine.loading import ALIASES, DEFAULT_MODEL, EmbeddedModel, register_alias
+from .engine.presets import PRESETS, Preset, as_preset, get_preset, register_preset
+from .engine.settings import EmbedderSettings
+from .engine.template import Template
+from .models.embedder import EchoEmbedder
+from .models.sentence_transformer import EchoSentenceTransformer
+from .models.whitening import Whitening, fit_whitening
 from .streaming import save_npy
-from .template import Template
-from .whitening import Whitening, fit_whitening
 
 __all__ = [
     "ALIASES",
@@ -24,76 +24,22 @@ __all__ = [
     "EchoEmbedder",
     "EchoSentenceTransformer",
     "EmbeddedModel",
+    "EmbedderSettings",
     "Engine",
     "LayerPlan",
     "Preset",
     "Template",
     "Whitening",
+    "__version__",
     "add_lora",
     "as_preset",
     "check_texts",
     "fit_whitening",
     "get_preset",
+    "is_saved_model",
     "load",
     "merge_lora",
     "register_alias",
     "register_preset",
     "save_npy",
 ]
-
-
-def load(
-    model_name_or_path: str = DEFAULT_MODEL,
-    strategy: str | Preset | Template | None = None,
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-    **options: Any,
-) -> EchoSentenceTransformer:
-    """A ``SentenceTransformer`` that embeds with ``strategy`` on a causal LM.
-
-    ``model_name_or_path`` is a Hugging Face id or folder, a ``.gguf`` file, an embedded alias
-    (``smollm2-135m``, ``gemma3-270m``) or a folder written by ``save``. ``options`` are the
-    :class:`EchoEmbedder` settings (``output_layer``, ``tp_layers``, ``max_seq_length``, ...).
-    """
-    if is_saved_model(model_name_or_path):
-        if strategy is not None or options or dtype is not None:
-            raise ValueError("A saved echo model keeps its own settings; change them on model[0] after loading")
-        # Only our own and sentence-transformers' classes are imported: is_saved_model checked that.
-        return EchoSentenceTransformer(str(model_name_or_path), trust_remote_code=True, device=str(device) if device else None)
-    module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, **options)
-    # Empty prompts named "query"/"document" let harnesses that select prompts by name (MTEB)
-    # reach the query and document templates; the text itself gets nothing prepended.
-    prompts = {"query": "", "document": ""}
-    return EchoSentenceTransformer(modules=[module], device=str(module.engine.device), prompts=prompts)
-
-
-def add_lora(
-    model: EchoSentenceTransformer,
-    r: int = 16,
-    alpha: int = 32,
-    dropout: float = 0.0,
-    target_modules: list[str] | None = None,
-    layers: list[int] | None = None,
-) -> EchoSentenceTransformer:
-    """Put a LoRA adapter into the model's decoder, for fine-tuning; returns the model.
-
-    Only the adapter trains; it starts at zero, so vectors are unchanged until training. ``save``
-    then writes the adapter alone (a few percent of the full weights) and names the base model;
-    ``load`` reattaches it.
-
-    Args:
-        model: a model from :func:`load`.
-        r, alpha, dropout: LoRA rank, scale numerator (the update is scaled by ``alpha / r``) and dropout.
-        target_modules: names of the linear layers to adapt (default: the attention and MLP
-            projections of Llama-style decoders).
-        layers: decoder layer indices to adapt (default all); the top layers alone train faster.
-    """
-    model[0].add_lora(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, layers=layers)
-    return model
-
-
-def merge_lora(model: EchoSentenceTransformer) -> EchoSentenceTransformer:
-    """Fold the LoRA adapter into the decoder's weights (same vectors); ``save`` then writes full weights."""
-    model[0].merge_lora()
-    return model

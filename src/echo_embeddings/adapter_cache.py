@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import DEFAULT_BATCH_SIZE
+from .api import load
+from .engine.settings import DEFAULT_BATCH_SIZE
 from .late_chunking import Chunk
-from .sentence_transformer import EchoSentenceTransformer
+from .models.sentence_transformer import EchoSentenceTransformer
 
 _CACHE: dict[str, SharedModel] = {}
 _CACHE_LOCK = threading.Lock()
@@ -57,8 +58,6 @@ class SharedModel:
 
 def shared_model(model: str, strategy: str | None = None, device: str | None = None, **options: Any) -> SharedModel:
     """The process-wide model for this configuration, loaded on first use."""
-    from . import load
-
     key = json.dumps([model, strategy, device, options], sort_keys=True, default=str)
     with _CACHE_LOCK:  # held while loading: a second caller waits instead of loading twice
         if key not in _CACHE:

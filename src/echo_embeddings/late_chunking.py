@@ -36,17 +36,16 @@ from bisect import bisect_left, bisect_right
 from itertools import pairwise
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import Batch, Prepared, Row
-from .engine import DEFAULT_BATCH_SIZE, Engine
-
-if TYPE_CHECKING:
-    from .sentence_transformer import EchoSentenceTransformer
+from .engine.batching import Batch, Prepared, Row
+from .engine.engine import Engine
+from .engine.inputs import check_texts, chunked
+from .engine.settings import DEFAULT_BATCH_SIZE
 
 Chunking = Literal["late", "naive"]
 CHUNKINGS = ("late", "naive")
@@ -280,7 +279,7 @@ def as_chunks(docs: Sequence[DocumentTokens], spans: Sequence[Sequence[tuple[int
 
 
 @torch.inference_mode()
-def after_first_module(model: EchoSentenceTransformer, vectors: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+def after_first_module(model: Any, vectors: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     """Run pooled vectors through the modules after the echo module (Dense, Normalize, a
     whitening, ...), as every other encode does."""
     rest = list(model)[1:]
@@ -294,3 +293,89 @@ def after_first_module(model: EchoSentenceTransformer, vectors: torch.Tensor, ba
             features = module(features)
         out.append(features["sentence_embedding"].float().cpu())
     return torch.cat(out) if out else vectors
+
+
+# ---------------------------------------------------------------------------- the whole run
+
+
+def encode_chunks(
+    model: Any,
+    documents: Sequence[str],
+    chunk_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+    *,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunking: Chunking = "late",
+    task: str | None = "document",
+    window_overlap: int | None = None,
+    copies: Copies = "all",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    normalize_embeddings: bool = False,
+    show_progress_bar: bool = False,
+) -> list[list[Chunk]]:
+    """Split documents into chunks and embed each chunk with ``model`` (an echo
+    ``SentenceTransformer``, as :meth:`EchoSentenceTransformer.encode_chunks` calls it); with
+    ``chunking="late"`` (the default) every chunk vector is pooled from the whole document's forward.
+
+    Args:
+        documents: the texts to chunk; none may be empty.
+        chunk_spans: per document, ``(start, end)`` character spans from any splitter, in
+            order and not overlapping (gaps are read as context but not pooled). None splits
+            by tokens.
+        chunk_tokens: chunk size when splitting by tokens (a chunk ends at a sentence end in
+            its second half, if there is one).
+        chunking: ``"late"`` pools each chunk's tokens from the document's forward (needs a
+            mean-pooling strategy: echo pools the second copy, ``mean`` its single copy);
+            ``"naive"`` embeds each chunk's text alone, for comparison.
+        task: which template reads the document (default ``"document"``).
+        window_overlap: tokens shared by consecutive windows for documents longer than a
+            window (``max_seq_length`` with the template and every copy); default
+            ``min(256, window // 4)``.
+        copies: late chunking pools a chunk's tokens from ``"all"`` copies of the document
+            (echo: the first copy, read up to the chunk, and the second, read in full) or from
+            the template's ``"pooled"`` copy only (echo: the second).
+        batch_size: most texts (windows) per forward; the token budget usually decides.
+        normalize_embeddings: unit-length chunk vectors.
+        show_progress_bar: show a progress bar.
+
+    Returns:
+        For each document, its :class:`~echo_embeddings.late_chunking.Chunk` list: ``text``,
+        ``start``/``end`` character offsets (``document[start:end] == text``) and
+        ``embedding`` (a float32 array, after every module of the model).
+    """
+    if chunking not in CHUNKINGS:
+        raise ValueError(f"chunking must be 'late' or 'naive', got {chunking!r}")
+    model.eval()
+    engine = model[0].engine
+    docs = tokenize_documents(engine, check_texts(documents), task)
+    spans = resolve_spans(docs, chunk_spans, chunk_tokens)
+    if chunking == "naive":
+        texts = [doc.text[a:b].strip() or doc.text[a:b] for doc, doc_spans in zip(docs, spans) for a, b in doc_spans]
+        options = {"task": task, "batch_size": batch_size, "normalize_embeddings": normalize_embeddings, "show_progress_bar": show_progress_bar}
+        return as_chunks(docs, spans, model.encode(texts, convert_to_tensor=True, **options).cpu())
+    with tqdm(desc="Late chunking", disable=not show_progress_bar, unit="window") as bar:
+        ranges = [spans_to_tokens(doc, doc_spans) for doc, doc_spans in zip(docs, spans)]
+        pooled = late_chunk_vectors(engine, docs, ranges, task=task, window_overlap=window_overlap, copies=copies, batch_size=batch_size, progress=bar)
+    vectors = after_first_module(model, torch.cat(pooled))
+    if normalize_embeddings:
+        vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+    return as_chunks(docs, spans, vectors)
+
+
+def stream_chunks(
+    model: Any,
+    documents: Iterable[str],
+    chunk_spans: Iterable[Sequence[tuple[int, int]]] | None = None,
+    *,
+    documents_per_call: int = 256,
+    **options: Any,
+) -> Iterator[list[Chunk]]:
+    """:func:`encode_chunks` over an iterable of any length, read lazily: yields each document's
+    chunks in input order, ``documents_per_call`` documents at a time."""
+    span_iter = iter(chunk_spans) if chunk_spans is not None else None
+    for group in chunked(documents, documents_per_call):
+        spans = None
+        if span_iter is not None:
+            spans = [next(span_iter, None) for _ in group]
+            if any(s is None for s in spans):
+                raise ValueError("chunk_spans ran out before the documents did; give one list of spans per document")
+        yield from encode_chunks(model, group, spans, **options)

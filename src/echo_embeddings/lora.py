@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .sentence_transformer import EchoEmbedder
+from .engine.model_parts import decoder_layers
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -51,8 +50,6 @@ def lora_settings(
 
 def inject(decoder: nn.Module, settings: dict[str, Any]) -> None:
     """Put a LoRA adapter (zero at the start, so vectors are unchanged) into ``decoder``."""
-    from .forward import decoder_layers
-
     peft = _peft()
     n = len(decoder_layers(decoder))
     layers = settings["layers"]
@@ -74,8 +71,6 @@ def inject(decoder: nn.Module, settings: dict[str, Any]) -> None:
 
 
 def _layers_name(decoder: nn.Module) -> str:
-    from .forward import decoder_layers
-
     layers = decoder_layers(decoder)
     return next(name.rsplit(".", 1)[-1] for name, module in decoder.named_modules() if module is layers)
 
@@ -116,12 +111,17 @@ def merge(decoder: nn.Module) -> int:
     return merged
 
 
-def base_reference(module: EchoEmbedder) -> str:
-    """What a saved adapter names as its base: the alias, id, ``.gguf`` or absolute folder it was loaded from."""
-    source = module.source
-    if source is None:
-        raise ValueError(
-            "This model was built from a decoder object, so a saved adapter could not name its base; "
-            "call echo_embeddings.merge_lora(model) first to save full weights"
-        )
-    return str(Path(source).resolve()) if Path(source).exists() else source
+def settings_from_peft(config: Any) -> dict[str, Any]:
+    """:func:`lora_settings` arguments from a ``peft.LoraConfig`` (sentence-transformers'
+    ``add_adapter`` hands one over): rank, alpha, dropout, target modules and layers."""
+    targets = config.target_modules
+    if isinstance(targets, str):
+        raise ValueError("Give target_modules as a list of module names; a regular expression is not supported here")
+    layers = config.layers_to_transform
+    return {
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "target_modules": sorted(targets) if targets else None,
+        "layers": [layers] if isinstance(layers, int) else layers,
+    }

@@ -1,4 +1,5 @@
-"""Write a stream of embedding chunks to a ``.npy`` file without holding them in memory.
+"""Corpora of any size: encode an iterable lazily (:func:`stream`), and write the stream of
+embedding chunks to a ``.npy`` file without holding them in memory (:func:`save_npy`).
 
 The file is a standard NumPy array: ``numpy.load(path, mmap_mode="r")`` opens it as a memmap.
 The row count is unknown until the stream ends, so the header is written with room to spare
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from .engine.inputs import chunked, known_length
 
 _MAGIC = b"\x93NUMPY\x01\x00"
 _HEADER_BYTES = 128  # magic + length + dict, a multiple of 64 as the format asks
@@ -44,3 +49,13 @@ def save_npy(chunks: Iterable[torch.Tensor | np.ndarray], path: str | os.PathLik
         f.seek(0)
         f.write(_header(rows, dim or 0))
     return rows, dim or 0
+
+
+def stream(model: Any, texts: Iterable[str], *, chunk_size: int = 4096, show_progress_bar: bool = False, **encode_options: Any) -> Iterator[np.ndarray]:
+    """``model.encode`` over an iterable of any length, ``chunk_size`` texts at a time, yielding
+    arrays in input order; the input is read lazily, so memory stays bounded."""
+    encode_options.setdefault("convert_to_numpy", True)
+    with tqdm(total=known_length(texts), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+        for chunk in chunked(texts, chunk_size):
+            yield model.encode(chunk, show_progress_bar=False, **encode_options)
+            bar.update(len(chunk))

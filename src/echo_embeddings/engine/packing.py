@@ -5,7 +5,8 @@ attention function registered as ``"echo_packed"`` with transformers' ``Attentio
 attends within each row only, using ``cu_seqlens`` boundaries. No token of padding is computed.
 A cached template prefix joins every row's keys and values inside the same function.
 
-The implementation is chosen once, when the model is loaded (``attn_implementation="echo_packed"``);
+The implementation is chosen once, when the model is loaded (``attn_implementation="echo_packed"``,
+registered by :func:`register_packed_attention`);
 a model handed to the engine keeps its own implementation, and packs only if its owner chose
 ours. The row layout of each forward travels as a call keyword argument (``echo_packing``), the
 way transformers hands ``cu_seq_lens_q`` to its flash-attention path, so nothing about the model
@@ -197,8 +198,15 @@ _KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "torch-varlen": _torch_varlen,
     "flash-attn": _flash_attn,
 }
-AttentionInterface.register(IMPLEMENTATION, _packed_attention)
-# Registered explicitly, so that mask creation runs as for SDPA: padded batches and other callers
-# get their causal and padding masks. A packed forward passes an all-ones 2D mask with no cache,
-# for which SDPA's mask function returns None (causal skip): no [T, T] mask is ever built.
-AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+def register_packed_attention() -> str:
+    """Register ``"echo_packed"`` with transformers' attention and mask interfaces (idempotent) and
+    return the name. Called before a model is loaded with it, never at import.
+
+    The mask function is SDPA's, so that padded batches and other callers get their causal and
+    padding masks. A packed forward passes an all-ones 2D mask with no cache, for which SDPA's mask
+    function returns None (causal skip): no ``[T, T]`` mask is ever built."""
+    AttentionInterface.register(IMPLEMENTATION, _packed_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    return IMPLEMENTATION

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .forward import decoder_layers
+from .model_parts import decoder_layers
 
 
 class Defaults(NamedTuple):

@@ -1,12 +1,14 @@
 """Scale-out on Ray Data: embed corpora larger than one machine, with the same vectors.
 
+(Named ``scale_out`` so that it never reads as, or shadows, the ``ray`` package itself.)
+
 Install with ``pip install "echo-embeddings[ray]"``. :class:`EchoEmbedBatches` is a callable class
 for ``Dataset.map_batches``: each actor loads the model once, and every Ray batch goes through
 the model's ``encode`` (token-count sorting, the token budget, the whole module list), so a row's
 vector is exactly the one a single process computes::
 
     import ray
-    from echo_embeddings.ray import EchoEmbedBatches
+    from echo_embeddings.scale_out import EchoEmbedBatches
 
     ds = ray.data.read_parquet("s3://bucket/corpus/")            # any dataset with a text column
     ds = ds.map_batches(
@@ -26,13 +28,18 @@ be joined back to the input whatever order Ray finishes in. :func:`embed_corpus`
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .api import load
+from .data import table_records
+from .engine.inputs import normalize_task
+from .engine.loading import DEFAULT_MODEL
+from .engine.settings import DEFAULT_BATCH_SIZE
 
 SUFFIXES = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 READ_CPUS = 0
@@ -45,7 +52,7 @@ DEFAULT_RAY_BATCH = 1024
 """Rows per Ray batch: large enough that the model's own length sorting has room to work."""
 
 
-def _require_ray() -> Any:
+def require_ray() -> Any:
     try:
         import ray
     except ImportError:
@@ -65,12 +72,15 @@ class EchoEmbedBatches:
             one included; it keeps its own strategy and module list).
         strategy: preset or template string; None keeps a saved model's own, else ``echo``.
         task: ``"query"``, ``"document"`` or None (symmetric) — which template embeds the rows.
-        text_column, id_column, embedding_column: the batch columns read and written. A batch
-            without ``id_column`` is fine; errors then name the row's position in the batch.
+        text_column: the batch column holding the texts.
+        id_column: the column of row ids; a batch without it is fine, errors then name the row's
+            position in the batch.
+        embedding_column: the column the vectors are written to.
         normalize: unit-length vectors.
         batch_size: most texts per forward inside the actor; the token budget usually decides.
-        device, options: where to load the model, and :class:`~echo_embeddings.EchoEmbedder`
-            settings (``output_layer``, ``max_seq_length``, ``max_batch_tokens``, ...).
+        device: where to load the model.
+        **options: :class:`~echo_embeddings.EchoEmbedder` settings (``output_layer``,
+            ``max_seq_length``, ``max_batch_tokens``, ...).
 
     ``__call__`` takes a batch (a dict of numpy arrays, Ray's ``numpy`` batch format) and returns
     it with ``embedding_column`` added: float32 ``[rows, dim]``, one row per input row.
@@ -86,15 +96,11 @@ class EchoEmbedBatches:
         id_column: str = "id",
         embedding_column: str = "embedding",
         normalize: bool = False,
-        batch_size: int = 256,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | None = None,
         **options: Any,
     ) -> None:
-        from . import load
-        from .loading import DEFAULT_MODEL
-
-        if task not in (None, "query", "document"):
-            raise ValueError(f"task must be 'query', 'document' or None, got {task!r}")
+        task = normalize_task(task)
         self.model = load(model or DEFAULT_MODEL, strategy, device=device, **options)
         self.task, self.text_column, self.id_column, self.embedding_column = task, text_column, id_column, embedding_column
         self.normalize, self.batch_size = normalize, batch_size
@@ -203,8 +209,7 @@ def _rows(split: dict[str, Any], text_column: str, id_column: str | None) -> Ite
                 number += 1
     elif kind in ("csv", "tsv"):
         with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="," if kind == "csv" else "\t")
-            for number, row in enumerate(reader, 1):
+            for number, row in enumerate(table_records(f, path.name), 1):
                 yield identify(number, row), text_of(number, row)
     else:
         import pyarrow.parquet as pq
@@ -238,7 +243,7 @@ def read_corpus(
     Parquet files or folders. Files are read inside Ray tasks, streamed; text and JSONL files of
     more than a few MiB are cut into about ``splits_per_file`` line-aligned ranges so that a single
     large file feeds every actor (an actor gets whole reading tasks' output)."""
-    ray = _require_ray()
+    ray = require_ray()
     splits = [s for f in corpus_files(paths) for s in _splits(f, splits_per_file)]
     return ray.data.from_items([{"split": s} for s in splits], override_num_blocks=len(splits)).map_batches(
         _read_files, fn_kwargs={"text_column": text_column, "id_column": id_column, "rows_per_batch": rows_per_batch},
@@ -268,7 +273,7 @@ def embed_corpus(
 
     Ray sets each actor's thread count (``OMP_NUM_THREADS``) to its CPU reservation, so on CPUs
     ``cpus_per_actor`` is also the number of threads torch uses in each actor."""
-    ray = _require_ray()
+    ray = require_ray()
     if actors < 1:
         raise ValueError(f"actors must be at least 1, got {actors}")
     if not overwrite:

@@ -17,12 +17,15 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import DynamicCache
 
-from .forward import LayerPlan, cache_keyword, forward_hidden
+from .forward import LayerPlan, forward_hidden
+from .model_parts import cache_keyword
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 _optimizer_steps = 0
+_watching = threading.Lock()
+_watch_handle = None
 
 
 def _count_step(*_: object) -> None:
@@ -30,9 +33,14 @@ def _count_step(*_: object) -> None:
     _optimizer_steps += 1
 
 
-# Fused optimizers (torch's fused AdamW, the transformers Trainer's default) update parameters
-# without bumping their version counters, so every optimizer step anywhere also counts.
-register_optimizer_step_post_hook(_count_step)
+def watch_optimizer_steps() -> None:
+    """Count optimizer steps from now on (once per process; called when a prefix cache is made,
+    not at import). Fused optimizers (torch's fused AdamW, the transformers Trainer's default)
+    update parameters without bumping their version counters, so every step counts as a change."""
+    global _watch_handle
+    with _watching:
+        if _watch_handle is None:
+            _watch_handle = register_optimizer_step_post_hook(_count_step)
 
 
 def weights_version(model: nn.Module) -> tuple[int, int, int]:
@@ -46,6 +54,7 @@ class PrefixCache:
     """Per-model store of prefix keys and values, keyed by ids, device, dtype and weights version."""
 
     def __init__(self, max_entries: int = 16) -> None:
+        watch_optimizer_steps()
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, KeyValues] = OrderedDict()
         self._lock = threading.Lock()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .packing import IMPLEMENTATION
+from .packing import register_packed_attention
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def load_decoder(
     if "attn_implementation" not in model_kwargs and not getattr(config, "attn_logit_softcapping", None):
         # Chosen once, here: SDPA for every ordinary forward, packed rows when the engine asks.
         try:
-            model = AutoModel.from_pretrained(folder, dtype=dtype, attn_implementation=IMPLEMENTATION, **model_kwargs)
+            model = AutoModel.from_pretrained(folder, dtype=dtype, attn_implementation=register_packed_attention(), **model_kwargs)
         except ValueError as error:  # an architecture without custom attention backends
             logger.info("Packed batches unavailable for %s: %s", name_or_path, error)
             model = AutoModel.from_pretrained(folder, dtype=dtype, **model_kwargs)

@@ -1,10 +1,5 @@
-"""Batching: one text laid into its templates (rows), rows into padded or packed tensors, and the
-token-budget rule that groups texts into batches.
-
-Texts are sorted by token count after the template is applied (longest first) and consecutive
-texts fill a batch until its padded size (rows x width) would pass the token budget or the
-count cap. Every surface goes through :func:`token_budget_batches`, so one rule decides.
-"""
+"""Batches: one text laid into its templates (rows), and rows into padded or packed tensors.
+Which texts share a batch is decided in :mod:`echo_embeddings.engine.schedule`."""
 
 from __future__ import annotations
 
@@ -199,31 +194,3 @@ def shared_prefix(rows: Sequence[Row]) -> tuple[int, ...]:
         while n and r.ids[:n] != first[:n]:
             n -= 1
     return tuple(first[:n])
-
-
-def width(item: Prepared) -> int:
-    return max(len(r.ids) for r in item)
-
-
-def longest_first(prepared: Sequence[Prepared]) -> list[int]:
-    """Indices of ``prepared`` by token count, longest first (stable for equal lengths)."""
-    return sorted(range(len(prepared)), key=lambda i: -width(prepared[i]))
-
-
-def token_budget_batches(order: list[int], prepared: Sequence[Prepared], batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    """Consecutive runs of the longest-first ``order``, capped by count and by padded tokens
-    (rows x width, every template row of a text counted). A text longer than the budget runs alone."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        rows = len(prepared[i])
-        longest = width(prepared[current[0]]) if current else width(prepared[i])
-        if current and (len(current) >= batch_size or (max_tokens is not None and (len(current) + 1) * rows * longest > max_tokens)):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-

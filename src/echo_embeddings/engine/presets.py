@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .inputs import normalize_task
 from .template import Pooling, Template
 
 
@@ -38,9 +39,11 @@ class Preset:
                 raise ValueError(f"Preset {self.name!r} uses token prepending, so every template needs a {{tp}} placeholder")
 
     def templates(self, task: str | None) -> tuple[Template, ...]:
+        """The templates of ``task`` (any spelling :func:`~echo_embeddings.engine.inputs.normalize_task` accepts)."""
+        task = normalize_task(task)
         if task == "query":
             return self.query or self.sentence
-        if task in ("document", "passage", "corpus"):
+        if task == "document":
             return self.document or self.sentence
         return self.sentence
 

@@ -1,5 +1,5 @@
-"""The decoder forward and its hooks: token prepending and early exit for any decoder whose layers
-are a module list.
+"""The decoder forward and its hooks: token prepending, early exit, and entering the layer stack
+part-way, for any decoder whose layers are a module list.
 
 Hooks are registered for one forward only and act only in the thread that registered them,
 so two threads can encode at once with different settings, and a model at rest carries no
@@ -10,23 +10,17 @@ transformers hands to the registered attention function of every layer.
 
 from __future__ import annotations
 
-import inspect
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import Cache
 
-if TYPE_CHECKING:
-    from .frozen_states import FrozenCall
-
-_LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer")
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
-
+from .model_parts import UnsupportedModelError, cache_keyword, decoder_layers, final_norm, resolve_output_layer
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -49,71 +43,24 @@ class LayerPlan:
         return self.tp_stop > self.tp_start
 
 
-class UnsupportedModelError(TypeError):
-    pass
+@dataclass
+class LayerEntry:
+    """Where one forward enters the decoder stack, for callers that already know some states.
 
+    With ``states``, the forward starts at decoder layer ``layer`` with ``states`` as its input:
+    the layers below it are swapped for a pass-through for this forward only. Without, every
+    layer runs and ``capture`` (if given) receives layer ``layer``'s input. Training uses this
+    to reuse the frozen lower layers' states (:mod:`echo_embeddings.training.frozen_states`).
+    """
 
-@lru_cache(maxsize=None)
-def _cache_keyword_of(forward_class: type) -> str | None:
-    try:
-        parameters = inspect.signature(forward_class.forward).parameters
-    except (TypeError, ValueError):
-        return None
-    # transformers 5.24 renamed past_key_values to cache (the old name warns until 5.40).
-    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+    layer: int
+    states: torch.Tensor | None = None
+    capture: Callable[[torch.Tensor], None] | None = None
 
-
-def cache_keyword(model: nn.Module) -> str | None:
-    """The name under which this model's forward takes a key/value cache, or None if it takes none."""
-    return _cache_keyword_of(type(model))
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks, found by name and length on the bare model (or one level down)."""
-    n_layers = _num_layers(model)
-    candidates = [model, *(m for _, m in model.named_children())]
-    for owner in candidates:
-        for name in _LAYER_LIST_NAMES:
-            layers = getattr(owner, name, None)
-            if isinstance(layers, nn.ModuleList) and (n_layers is None or len(layers) == n_layers):
-                return layers
-    raise UnsupportedModelError(
-        f"{type(model).__name__} has no list of decoder layers under {'/'.join(_LAYER_LIST_NAMES)}"
-        f"{f' with {n_layers} entries' if n_layers else ''}; token prepending and intermediate layers need one"
-    )
-
-
-def final_norm(model: nn.Module) -> nn.Module:
-    for name in _FINAL_NORM_NAMES:
-        norm = getattr(model, name, None)
-        if isinstance(norm, nn.Module):
-            return norm
-    raise UnsupportedModelError(f"{type(model).__name__} has no final norm under {'/'.join(_FINAL_NORM_NAMES)}")
-
-
-def _num_layers(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def resolve_output_layer(model: nn.Module, output_layer: int) -> tuple[int, int]:
-    """``(index, n_layers)`` with a negative index counted from the final output."""
-    n = len(decoder_layers(model)) if output_layer != -1 else (_num_layers(model) or 0)
-    index = output_layer + n + 1 if output_layer < 0 else output_layer
-    if not 0 <= index <= n:
-        raise ValueError(f"output_layer={output_layer} is outside this model's hidden states 0..{n} (or -1..-{n + 1})")
-    return index, n
-
-
-def checkpointing(model: nn.Module) -> bool:
-    """Whether transformers' activation (gradient) checkpointing would run in this model's next
-    forward: turned on for a layer and the model in training mode. Its layers then drop any
-    key/value cache."""
-    return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in decoder_layers(model))
+    @property
+    def skipped(self) -> int:
+        """Decoder layers this forward does not run."""
+        return self.layer if self.states is not None else 0
 
 
 class PassThrough(nn.Module):
@@ -149,7 +96,7 @@ def forward_hidden(
     placeholder_index: torch.Tensor | None = None,
     past: Cache | None = None,
     position_ids: torch.Tensor | None = None,
-    frozen: FrozenCall | None = None,
+    entry: LayerEntry | None = None,
     **attention_kwargs: Any,
 ) -> torch.Tensor:
     """Run the bare decoder under ``plan`` and return the hidden states ``[batch, seq, dim]``.
@@ -157,10 +104,8 @@ def forward_hidden(
     ``past`` holds a cached prefix that every row continues; the hidden states cover only the
     new ids. A packed batch comes with its ``position_ids``, an all-ones mask and its layout in
     ``attention_kwargs``, which reach the registered attention function. Layers after an
-    intermediate output layer are never called. ``frozen`` (training only, see
-    :mod:`echo_embeddings.frozen_states`) starts the forward at its layer with kept states as the
-    input, the layers below swapped for a pass-through for this forward only, or records that
-    layer's input.
+    intermediate output layer are never called. ``entry`` starts the forward part-way up
+    the stack, or captures a layer's input (:class:`LayerEntry`).
     """
     index, n = resolve_output_layer(model, plan.output_layer)
     early = index < n
@@ -178,7 +123,7 @@ def forward_hidden(
         if keyword is None:
             raise UnsupportedModelError(f"{type(model).__name__}.forward takes no key/value cache; turn the prefix cache off for it")
         inputs.update({keyword: past, "use_cache": True})
-    if not early and not plan.token_prepending and frozen is None:
+    if not early and not plan.token_prepending and entry is None:
         return model(**inputs).last_hidden_state
     layers = decoder_layers(model)
     if plan.token_prepending:
@@ -208,23 +153,24 @@ def forward_hidden(
     def put_in(_module: nn.Module, args: tuple, kwargs: dict | None = None) -> Any:
         if threading.get_ident() != owner or kwargs is None:
             return None
-        if frozen.states is None:  # type: ignore[union-attr]
-            frozen.keep(_hidden_arg(args, kwargs))  # type: ignore[union-attr]
+        if entry.states is None:  # type: ignore[union-attr]
+            if entry.capture is not None:  # type: ignore[union-attr]
+                entry.capture(_hidden_arg(args, kwargs))  # type: ignore[union-attr]
             return None
-        return _with_hidden(args, kwargs, frozen.states)  # type: ignore[union-attr]
+        return _with_hidden(args, kwargs, entry.states)  # type: ignore[union-attr]
 
     with ExitStack() as hooks:
-        if frozen is not None:
-            # Registered first, so a token-prepending overwrite at the same layer sees the kept states.
-            hooks.callback(layers[frozen.start].register_forward_pre_hook(put_in, with_kwargs=True).remove)
-            if frozen.states is not None:
-                for i in range(frozen.start):
+        if entry is not None:
+            # Registered first, so a token-prepending overwrite at the same layer sees the states put in.
+            hooks.callback(layers[entry.layer].register_forward_pre_hook(put_in, with_kwargs=True).remove)
+            if entry.states is not None:
+                for i in range(entry.layer):
                     hooks.callback(layers.__setitem__, i, layers[i])
                     layers[i] = PassThrough()
         if early:
             hooks.callback(layers[index].register_forward_pre_hook(stop, with_kwargs=True).remove)
         if plan.token_prepending:
-            first = frozen.skipped if frozen is not None else 0  # skipped layers' overwrites are in the kept states
+            first = entry.skipped if entry is not None else 0  # skipped layers' overwrites are in the states put in
             for layer in layers[max(plan.tp_start, first) : min(plan.tp_stop, index)]:
                 hooks.callback(layer.register_forward_pre_hook(overwrite, with_kwargs=True).remove)
         try:

@@ -10,45 +10,26 @@ are put in at that layer's input. Vectors and gradients equal the full forward's
 rounding (rows batched with other rows round differently).
 
 It acts only while gradients are on (training steps); ``encode`` and evaluation never use it.
-:func:`echo_embeddings.training.train` turns it on for the run when the lowest trainable layer is
+:func:`echo_embeddings.training.train` puts it in the engine's forward for the run
+(``engine.entering_with``) when the lowest trainable layer is
 above the first, and off again after it.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
 from torch import nn
 
-from .batching import Batch
-from .forward import decoder_layers
+from ..engine.batching import Batch
+from ..engine.forward import LayerEntry
+from ..engine.model_parts import decoder_layers
 
 DEFAULT_MAX_TOKENS = 4_000_000
 """Most token states kept (SmolLM2 in fp32: about 9 GB at the cap; the 15,367 distinct texts of both
 STS training files under echo are 0.46M). Rows met after the cap run every layer."""
-
-
-@dataclass
-class FrozenCall:
-    """Per-forward instructions for :func:`echo_embeddings.forward.forward_hidden`: start at layer
-    ``start`` with ``states`` as its input, or, when ``states`` is None, run every layer and hand
-    that layer's input to ``keeper``."""
-
-    start: int
-    states: torch.Tensor | None
-    keeper: FrozenStates
-    batch: Batch
-
-    @property
-    def skipped(self) -> int:
-        """Decoder layers this forward does not run."""
-        return self.start if self.states is not None else 0
-
-    def keep(self, hidden: torch.Tensor) -> None:
-        self.keeper.keep(self.batch, hidden)
 
 
 def first_trainable_layer(model: nn.Module) -> int:
@@ -122,16 +103,18 @@ class FrozenStates:
         ids = batch.input_ids.tolist()
         return [(tuple(batch.prefix), tuple(ids[r][begin:end])) for r, begin, end in slots]
 
-    def call(self, batch: Batch, depth: int) -> FrozenCall | None:
-        """Instructions for one training forward that pools hidden state ``depth``, or None when
-        nothing below it is frozen."""
+    def __call__(self, batch: Batch, depth: int) -> LayerEntry | None:
+        """Where one training forward that pools hidden state ``depth`` enters the decoder: at the
+        lowest trainable layer with the kept states when every row is known, else every layer runs
+        and that layer's input is kept; None when nothing below ``depth`` is frozen. The engine asks
+        this inside ``engine.entering_with(frozen_states)``."""
         if not 0 < self.start < depth:
             return None
         self._check_frozen()
         slots = self.slots(batch)
         kept = [self._states.get(key) for key in self._keys(batch, slots)]
         if any(state is None for state in kept):
-            return FrozenCall(self.start, None, self, batch)
+            return LayerEntry(self.start, None, capture=lambda hidden: self.keep(batch, hidden))
         self.served += len(kept)
         width = batch.input_ids.shape[1]
         if batch.packed:
@@ -141,7 +124,7 @@ class FrozenStates:
             states = first.new_zeros((batch.input_ids.shape[0], width, first.shape[-1]))  # type: ignore[union-attr]
             for (r, begin, end), state in zip(slots, kept):
                 states[r, begin:end] = state
-        return FrozenCall(self.start, states, self, batch)
+        return LayerEntry(self.start, states)
 
     def keep(self, batch: Batch, hidden: torch.Tensor) -> None:
         """Keep each row's slice of ``hidden`` (the input of layer ``start``), up to the cap."""

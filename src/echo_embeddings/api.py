@@ -1,0 +1,88 @@
+"""The public functions: :func:`load` a model, :func:`add_lora` / :func:`merge_lora` for fine-tuning.
+``echo_embeddings`` re-exports them; modules inside the package import them from here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine.loading import DEFAULT_MODEL
+from .engine.presets import Preset
+from .engine.template import Template
+from .models.embedder import EchoEmbedder
+from .models.sentence_transformer import EchoSentenceTransformer
+
+
+def is_saved_model(path: str | os.PathLike) -> bool:
+    """A folder written by ``save`` whose modules are all ours or sentence-transformers' own."""
+    modules = Path(path) / "modules.json"
+    if not modules.is_file():
+        return False
+    types = [m["type"] for m in json.loads(modules.read_text(encoding="utf-8"))]
+    return any(t.startswith("echo_embeddings.") for t in types) and all(
+        t.startswith(("echo_embeddings.", "sentence_transformers.")) for t in types
+    )
+
+
+def load(
+    model_name_or_path: str = DEFAULT_MODEL,
+    strategy: str | Preset | Template | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    **options: Any,
+) -> EchoSentenceTransformer:
+    """A ``SentenceTransformer`` that embeds with ``strategy`` on a causal LM.
+
+    ``model_name_or_path`` is a Hugging Face id or folder, a ``.gguf`` file, an embedded alias
+    (``smollm2-135m``, ``gemma3-270m``) or a folder written by ``save``. ``options`` are the
+    :class:`EchoEmbedder` settings (``output_layer``, ``tp_layers``, ``max_seq_length``, ``prefix_cache``, ``packing``, ...:
+    the fields of :class:`~echo_embeddings.engine.settings.EmbedderSettings`).
+    """
+    if is_saved_model(model_name_or_path):
+        if strategy is not None or options or dtype is not None:
+            raise ValueError("A saved echo model keeps its own settings; change them on model[0] after loading")
+        # Only our own and sentence-transformers' classes are imported: is_saved_model checked that.
+        return EchoSentenceTransformer(str(model_name_or_path), trust_remote_code=True, device=str(device) if device else None)
+    module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, **options)
+    # Empty prompts named "query"/"document" let harnesses that select prompts by name (MTEB)
+    # reach the query and document templates; the text itself gets nothing prepended.
+    prompts = {"query": "", "document": ""}
+    return EchoSentenceTransformer(modules=[module], device=str(module.engine.device), prompts=prompts)
+
+
+def add_lora(
+    model: EchoSentenceTransformer,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    layers: list[int] | None = None,
+) -> EchoSentenceTransformer:
+    """Put a LoRA adapter into the model's decoder, for fine-tuning; returns the model.
+
+    Only the adapter trains; it starts at zero, so vectors are unchanged until training. ``save``
+    then writes the adapter alone (a few percent of the full weights) and names the base model;
+    ``load`` reattaches it.
+
+    Args:
+        model: a model from :func:`load`.
+        r: LoRA rank.
+        alpha: scale numerator: the update is scaled by ``alpha / r``.
+        dropout: LoRA dropout.
+        target_modules: names of the linear layers to adapt (default: the attention and MLP
+            projections of Llama-style decoders).
+        layers: decoder layer indices to adapt (default all); the top layers alone train faster.
+    """
+    model[0].add_lora(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, layers=layers)
+    return model
+
+
+def merge_lora(model: EchoSentenceTransformer) -> EchoSentenceTransformer:
+    """Fold the LoRA adapter into the decoder's weights (same vectors); ``save`` then writes full weights."""
+    model[0].merge_lora()
+    return model

@@ -1,0 +1,36 @@
+"""The command line, one module a command: ``embed`` (``embed.py``), ``evaluate`` (``evaluate.py``),
+``fit-whitening`` (``whitening.py``) and ``train`` (``train.py``). Every command reads its files and
+checks its arguments before any model work; a data error exits 2 with one line that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data import DataError
+from . import embed, evaluate, train, whitening
+
+COMMANDS = {"embed": embed, "evaluate": evaluate, "fit-whitening": whitening, "train": train}
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echo-embeddings", description="Sentence embeddings from causal LMs: echo, token prepending and baselines.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS.values():
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command].run(args)
+    except DataError as error:
+        print(f"echo-embeddings: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

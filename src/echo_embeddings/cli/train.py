@@ -1,0 +1,107 @@
+"""``echo-embeddings train``: fine-tune an echo model on labelled pairs, triplets, or pairs made
+from a corpus (LoRA by default). Every file is read and checked before the model loads."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from ..data import DataError, pairs_from_corpus, read_training_file, read_training_files
+from .common import load_model, split
+
+
+def add_parser(commands: Any) -> None:
+    tr = commands.add_parser("train", help="fine-tune an echo model on labelled pairs, triplets, or pairs made from your corpus")
+    tr.add_argument("train_files", nargs="*", metavar="TRAIN_FILE", help="TSV/CSV/JSONL: scored pairs (sentence1, sentence2, score), pairs or triplets")
+    tr.add_argument("--pairs-from", default=None, metavar="CORPUS", help="no labels: make pairs from a BEIR corpus.jsonl (title, text) or a text file (neighbouring paragraphs)")
+    tr.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
+    tr.add_argument("--strategy", default=None, help="preset or template (default: echo)")
+    tr.add_argument("--out", required=True, help="folder for the trained model (checkpoints in OUT/checkpoints)")
+    tr.add_argument("--dev", default=None, help="a file of the same shape, evaluated during training")
+    tr.add_argument("--epochs", type=float, default=1.0)
+    tr.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (overrides --epochs)")
+    tr.add_argument("--batch-size", type=int, default=16, help="pairs per step (default: %(default)s)")
+    tr.add_argument("--learning-rate", type=float, default=None, help="default 2e-4 with LoRA, 2e-5 without")
+    tr.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="train a LoRA adapter (default) or every weight")
+    tr.add_argument("--lora-rank", type=int, default=16)
+    tr.add_argument(
+        "--lora-layers", default=None,
+        help="decoder layers to adapt: e.g. 20-29 or 0,5,9, or below:N for the N layers below the pooled hidden state (default: all)",
+    )
+    tr.add_argument("--merge", action="store_true", help="save full weights with the adapter merged in (default: the adapter alone)")
+    tr.add_argument("--text-columns", default=None, help="text columns, two or three, e.g. sentence1,sentence2 (default: recognised names)")
+    tr.add_argument("--score-column", default=None, help="score column of scored pairs (default: score, if present)")
+    tr.add_argument("--loss", default=None, choices=["cosent", "angle", "cosine", "mnrl", "cached-mnrl"], help="override the loss chosen from the data")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--reuse-frozen", action=argparse.BooleanOptionalAction, default=True,
+        help="keep each text's states below the lowest trained layer and reuse them in later epochs (default: on)",
+    )
+    tr.add_argument(
+        "--max-seq-length", type=int, default=None, metavar="N",
+        help="cut training prompts to N tokens, with a warning (long documents train faster); the saved model keeps its own",
+    )
+    tr.add_argument(
+        "--max-batch-tokens", type=int, default=None, metavar="N",
+        help="token-budget batches: at most N prompt tokens (and --batch-size rows) a step, rows of similar length together",
+    )
+    tr.add_argument("--gradient-checkpointing", action="store_true", help="recompute the trained layers' activations in backward (less memory)")
+    tr.add_argument("--device", default=None)
+
+
+def _layers(spec: str | None) -> list[int] | str | None:
+    if not spec:
+        return None
+    if spec.startswith("below:"):
+        from ..training import below_count
+
+        try:
+            below_count(spec)
+        except ValueError as error:
+            raise DataError(f"--lora-layers: {error}") from None
+        return spec  # resolved against the model's pooled hidden state once it is loaded
+    try:
+        out: list[int] = []
+        for part in spec.split(","):
+            first, _, last = part.partition("-")
+            out.extend(range(int(first), int(last or first) + 1))
+        return out
+    except ValueError:
+        raise DataError(f"--lora-layers {spec!r}: give layer numbers and ranges, e.g. 20-29 or 0,5,9, or below:N") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    from .. import training as tr
+    from ..api import merge_lora
+
+    if bool(args.train_files) == bool(args.pairs_from):
+        raise DataError("give training files or --pairs-from CORPUS (one of the two)")
+    columns = split([args.text_columns]) if args.text_columns else None
+    # Every file is read and checked before the model loads.
+    data = pairs_from_corpus(args.pairs_from) if args.pairs_from else read_training_files(args.train_files, columns, args.score_column)
+    dev = read_training_file(args.dev, columns, args.score_column) if args.dev else None
+    layers = _layers(args.lora_layers)
+    tr.check_loss(data.kind, args.loss)
+    for flag in ("max_seq_length", "max_batch_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise DataError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a positive number of tokens")
+    print(f"{len(data)} {data.kind} from {data.source}", file=sys.stderr)
+    log = logging.getLogger("echo_embeddings.training")  # the run's summary (frozen-state reuse) to stderr
+    log.setLevel(logging.INFO)
+    log.addHandler(logging.StreamHandler(sys.stderr))
+    model = load_model(args.model, args.strategy, args.device)
+    try:
+        tr.train(
+            model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, lora=args.lora, lora_rank=args.lora_rank, lora_layers=layers, loss=args.loss, seed=args.seed,
+            reuse_frozen=args.reuse_frozen, max_seq_length=args.max_seq_length, max_batch_tokens=args.max_batch_tokens,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+    except ValueError as error:
+        raise DataError(str(error)) from error
+    if args.merge and model[0].lora is not None:
+        merge_lora(model)
+        model.save(args.out)
+    print(f"saved {args.out}: {'LoRA adapter on ' + model[0].source if model[0].lora else 'full weights'}")

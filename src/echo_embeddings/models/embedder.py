@@ -1,0 +1,184 @@
+"""``EchoEmbedder``: templates, decoder and pooling as one sentence-transformers input module.
+
+``EchoSentenceTransformer(modules=[EchoEmbedder(...), ...])`` is a complete embedding model. The
+module templates, runs the decoder and pools; modules after it (``Dense``, ``Normalize``, a
+whitening, ...) run on its output. ``save`` writes the decoder (or only its LoRA adapter), its
+tokenizer and ``echo_embeddings_config.json``: exactly the settings that run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers.base.modules.input_module import InputModule
+
+from .. import lora
+from .._version import __version__
+from ..engine.batching import Batch
+from ..engine.engine import Engine
+from ..engine.inputs import check_texts
+from ..engine.loading import load_decoder
+from ..engine.presets import CHECKPOINT_PRESETS, PRESETS, Preset
+from ..engine.settings import SETTING_NAMES, EmbedderSettings, with_setting_attributes
+from ..engine.template import Template
+
+CONFIG_FILE = "echo_embeddings_config.json"
+
+
+@with_setting_attributes(lambda module: module.engine)
+class EchoEmbedder(InputModule):
+    """Templates, decoder and pooling as one sentence-transformers input module.
+
+    Args:
+        model_name_or_path: an alias (``smollm2-135m``, ``gemma3-270m``), a Hugging Face id or
+            folder, or a ``.gguf`` file; or None with ``model`` and ``tokenizer``.
+        strategy: a preset name, :class:`Preset`, :class:`Template` or template string (default
+            ``echo``, or the released checkpoints' own templates when loaded by their id).
+        device: where to load the decoder (CUDA when available, else the CPU).
+        dtype: its precision (bf16 on CUDA, fp32 on the CPU unless given).
+        model: an already loaded decoder; it is not modified.
+        tokenizer: the loaded decoder's tokenizer.
+        model_kwargs: extra keyword arguments for ``AutoModel.from_pretrained``.
+        **settings: the :class:`~echo_embeddings.engine.settings.EmbedderSettings` fields
+            (``output_layer``, ``tp_layers``, ``max_seq_length``, ``prefix_cache``, ``packing``, ...).
+            Each is an attribute of the module too; setting it takes effect at once and is saved.
+    """
+
+    config_file_name = CONFIG_FILE
+    config_keys = list(SETTING_NAMES)
+    forward_kwargs = {"instruction"}
+    """``model.encode(texts, instruction=...)`` fills the query template's ``{instruction}``."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        strategy: str | Preset | Template | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        model_kwargs: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        super().__init__()
+        self.source = None if model is not None else model_name_or_path
+        """Where the decoder was loaded from (a saved adapter names it as its base); None for a model object."""
+        self.lora: dict[str, Any] | None = None
+        """The LoRA adapter's settings, or None (see :func:`echo_embeddings.add_lora`)."""
+        if strategy is None:
+            strategy = CHECKPOINT_PRESETS.get(str(model_name_or_path), "echo")
+        EmbedderSettings(strategy=strategy, **settings)  # type: ignore[arg-type]  # fail before loading any weights
+        if model is None:
+            if model_name_or_path is None:
+                raise ValueError("Pass a model id, folder, .gguf path or alias, or a loaded model and tokenizer")
+            model, tokenizer = load_decoder(model_name_or_path, device=device, dtype=dtype, **(model_kwargs or {}))
+        elif tokenizer is None:
+            raise ValueError("A loaded model needs its tokenizer too")
+        self.model = model  # a submodule: .to(), parameters() and state_dict() see the decoder
+        self.engine = Engine(model, tokenizer, strategy, **settings)
+
+    @property
+    def tokenizer(self) -> Any:  # type: ignore[override]
+        return self.engine.tokenizer
+
+    def get_embedding_dimension(self) -> int:
+        return self.engine.hidden_size
+
+    # -- sentence-transformers protocol -----------------------------------------------------
+    def _with_prompt(self, texts: list[str], prompt: str | None, task: str | None, instruction: str | None) -> tuple[list[str], str | None]:
+        """A sentence-transformers ``prompt`` fills the template's ``{instruction}``; a template
+        without one gets the prompt prepended to the text, as sentence-transformers does."""
+        if not prompt:
+            return texts, instruction
+        if any(p.kind == "instruction" for t in self.engine.preset.templates(task) for p in t.pieces):
+            return texts, instruction if instruction is not None else prompt
+        return [prompt + t for t in texts], instruction
+
+    def prepare(self, inputs: Sequence[str], prompt: str | None = None, task: str | None = None, instruction: str | None = None) -> list:
+        """Each text tokenized once and laid into the templates of ``task``."""
+        texts, instruction = self._with_prompt(check_texts(inputs), prompt, task, instruction)
+        return self.engine.prepare(texts, task, instruction)
+
+    def preprocess(
+        self, inputs: Sequence[str], prompt: str | None = None, task: str | None = None, instruction: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Lay texts into the template for ``task`` ("query", "document" or None): the features of
+        one batch, as the trainer's collator and ``model.preprocess`` expect."""
+        prepared = self.prepare(inputs, prompt, task, instruction)
+        return self.engine.collate(prepared, self.engine.preset.templates(task)[0].pooling).as_features()
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        features["sentence_embedding"] = self.engine.forward(Batch.from_features(features))
+        return features
+
+    # -- LoRA -------------------------------------------------------------------------------
+    def add_lora(self, **settings: Any) -> None:
+        """Put a LoRA adapter into the decoder (see :func:`echo_embeddings.add_lora`)."""
+        if self.lora is not None:
+            raise ValueError("This model already has a LoRA adapter; merge it first (echo_embeddings.merge_lora)")
+        resolved = lora.lora_settings(**settings)
+        lora.inject(self.model, resolved)
+        self.lora = resolved
+
+    def merge_lora(self) -> None:
+        """Fold the adapter into the decoder's weights; a save then writes full weights."""
+        if self.lora is None:
+            raise ValueError("This model has no LoRA adapter to merge")
+        lora.merge(self.model)
+        self.lora = None
+
+    def base_reference(self) -> str:
+        """What a saved adapter names as its base: the alias, id, ``.gguf`` or absolute folder it was loaded from."""
+        if self.source is None:
+            raise ValueError(
+                "This model was built from a decoder object, so a saved adapter could not name its base; "
+                "call echo_embeddings.merge_lora(model) first to save full weights"
+            )
+        return str(Path(self.source).resolve()) if Path(self.source).exists() else self.source
+
+    # -- save / load ------------------------------------------------------------------------
+    def get_config_dict(self) -> dict[str, Any]:
+        config = self.engine.config()
+        if self.lora is not None:
+            config["lora"] = self.lora
+            config["base_model"] = self.base_reference()
+        config["requires"] = f"echo-embeddings>={__version__}"
+        return config
+
+    def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
+        """The decoder's weights, or with a LoRA adapter only the adapter (its config names the base)."""
+        if self.lora is not None:
+            Path(output_path).mkdir(parents=True, exist_ok=True)
+            lora.save_adapter(self.model, output_path)
+        else:
+            self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.save_tokenizer(output_path)
+        self.save_config(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any) -> EchoEmbedder:
+        hub = {k: kwargs[k] for k in ("token", "cache_folder", "revision", "local_files_only") if k in kwargs}
+        config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub)
+        folder = cls.load_dir_path(model_name_or_path, subfolder=subfolder, **hub) or model_name_or_path
+        config.pop("requires", None)  # written for readers; not a setting
+        if config.get("strategy") in PRESETS:
+            config.pop("pooling", None)  # a named preset brings its own (0.1.0 files wrote "mean" for every preset)
+        adapter, base = config.pop("lora", None), config.pop("base_model", None)
+        settings = EmbedderSettings.from_config(config, f"{folder}/{CONFIG_FILE}")
+        model_kwargs = dict(kwargs.get("model_kwargs") or {})
+        dtype = model_kwargs.pop("dtype", None) or model_kwargs.pop("torch_dtype", None)
+        device = kwargs.get("device")
+        given = {name: getattr(settings, name) for name in SETTING_NAMES}
+        module = cls(base if adapter else str(folder), dtype=dtype, device=device, model_kwargs=model_kwargs, **given)
+        if adapter:
+            module.add_lora(**adapter)
+            lora.load_adapter(module.model, folder)
+        return module
+
+    def __repr__(self) -> str:
+        config = {key: getattr(self, key) for key in self.config_keys}
+        return f"EchoEmbedder({config | {'architecture': type(self.model).__name__, **self.engine.fast_paths}})"

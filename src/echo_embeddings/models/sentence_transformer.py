@@ -1,0 +1,149 @@
+"""``EchoSentenceTransformer``: a ``SentenceTransformer`` whose encoding runs the engine's batch schedule.
+
+Every way of encoding (``encode``, ``encode_query``/``encode_document``, ``stream``, the
+multi-process pool, and through :mod:`echo_embeddings.adapter_cache` LangChain, LlamaIndex and the
+CLI) ends in :meth:`EchoSentenceTransformer._inference`: token-count sorting, the token budget,
+the whole module list, input order restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import batch_to_device, truncate_embeddings
+from tqdm.auto import tqdm
+
+from .. import late_chunking, lora, streaming
+from ..engine.batching import Batch
+from ..engine.inputs import TASK_NAMES, check_texts, normalize_task
+from ..engine.settings import DEFAULT_BATCH_SIZE
+from ..late_chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunking, Copies
+from .embedder import EchoEmbedder
+
+
+def _with_batch_size(args: tuple, kwargs: dict[str, Any], position: int) -> None:
+    """Our default batch cap (the token budget decides below it) unless the caller gave one."""
+    if len(args) <= position:
+        kwargs.setdefault("batch_size", DEFAULT_BATCH_SIZE)
+
+
+class EchoSentenceTransformer(SentenceTransformer):
+    """A SentenceTransformer whose local encoding sorts texts by token count and fills batches to
+    the engine's token budget, runs the whole module list, and restores input order. It checks
+    every input before any model work and maps the ``query``/``document`` prompt names (and
+    MTEB's ``passage``/``corpus``) to their templates. ``batch_size`` defaults to 256: a cap, below
+    which the token budget decides."""
+
+    def encode(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        if inputs is None:
+            if "sentences" not in kwargs:
+                raise TypeError("encode() needs the texts to embed: model.encode(['a text', ...])")
+            inputs = kwargs.pop("sentences")  # the older keyword
+        if not isinstance(inputs, str):
+            inputs = check_texts(inputs)
+        if "task" in kwargs:
+            kwargs["task"] = normalize_task(kwargs["task"])
+        elif kwargs.get("prompt_name") in TASK_NAMES and kwargs.get("prompt_name") is not None:
+            kwargs["task"] = normalize_task(kwargs["prompt_name"])
+        _with_batch_size(args, kwargs, 2)
+        return super().encode(inputs, *args, **kwargs)
+
+    def encode_query(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        _with_batch_size(args, kwargs, 2)
+        return super().encode_query(inputs, *args, **kwargs)
+
+    def encode_document(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        _with_batch_size(args, kwargs, 2)
+        return super().encode_document(inputs, *args, **kwargs)
+
+    @torch.inference_mode()
+    def _inference(
+        self,
+        inputs: list,
+        *,
+        prompt: str | None,
+        batch_size: int,
+        show_progress_bar: bool,
+        output_value: str | None,
+        save_to_cpu: bool,
+        normalize_embeddings: bool,
+        truncate_dim: int | None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        first = self[0] if len(self) else None
+        if output_value != "sentence_embedding" or not isinstance(first, EchoEmbedder):
+            return super()._inference(
+                inputs, prompt=prompt, batch_size=batch_size, show_progress_bar=show_progress_bar, output_value=output_value,
+                save_to_cpu=save_to_cpu, normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim, device=device, **kwargs,
+            )
+        device = self._resolve_inference_device(device)
+        self.eval()
+        task = kwargs.get("task")
+        prepared = first.prepare(inputs, prompt, task, kwargs.get("instruction"))
+
+        def forward(batch: Batch) -> torch.Tensor:
+            embeddings = self(batch_to_device(batch.as_features(), device), **kwargs)["sentence_embedding"]
+            if truncate_dim is not None:
+                embeddings = truncate_embeddings(embeddings, truncate_dim)
+            if normalize_embeddings:
+                embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
+            return embeddings.cpu() if save_to_cpu else embeddings
+
+        with tqdm(total=len(inputs), desc="Embedding", disable=not show_progress_bar, unit="text") as bar:
+            return first.engine.embed_prepared(
+                prepared, forward, pooling=first.engine.preset.templates(task)[0].pooling, batch_size=batch_size, progress=bar
+            )
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Gradient checkpointing on the decoder, under the name transformers' trainer calls (5.x).
+        Train with the prefix cache off: checkpointed layers drop the key/value cache."""
+        decoder = self[0].model
+        enable = getattr(decoder, "activation_checkpointing_enable", None) or decoder.gradient_checkpointing_enable
+        enable(activation_checkpointing_kwargs, **kwargs)
+
+    def add_adapter(self, adapter_config: Any, adapter_name: str | None = None) -> None:
+        """sentence-transformers' adapter method: a ``peft.LoraConfig`` becomes the echo module's
+        adapter (:func:`echo_embeddings.add_lora` with its rank, alpha, dropout, targets and layers)."""
+        if adapter_name not in (None, "default"):
+            raise ValueError("One adapter per model: leave adapter_name out")
+        self[0].add_lora(**lora.settings_from_peft(adapter_config))
+
+    def stream(self, texts: Iterable[str], *, chunk_size: int = 4096, show_progress_bar: bool = False, **encode_options: Any) -> Iterator[np.ndarray]:
+        """Encode an iterable of any length ``chunk_size`` texts at a time, yielding arrays in input
+        order (:func:`echo_embeddings.streaming.stream`); write them to disk with
+        ``echo_embeddings.save_npy(model.stream(texts), "vectors.npy")``."""
+        return streaming.stream(self, texts, chunk_size=chunk_size, show_progress_bar=show_progress_bar, **encode_options)
+
+    def encode_chunks(
+        self,
+        documents: Sequence[str],
+        chunk_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+        *,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        chunking: Chunking = "late",
+        task: str | None = "document",
+        window_overlap: int | None = None,
+        copies: Copies = "all",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool = False,
+    ) -> list[list[Chunk]]:
+        """Split documents into chunks and embed each chunk; with ``chunking="late"`` (the default)
+        every chunk vector is pooled from the whole document's forward (late chunking). The
+        arguments are :func:`echo_embeddings.late_chunking.encode_chunks`'s."""
+        return late_chunking.encode_chunks(
+            self, documents, chunk_spans, chunk_tokens=chunk_tokens, chunking=chunking, task=task, window_overlap=window_overlap,
+            copies=copies, batch_size=batch_size, normalize_embeddings=normalize_embeddings, show_progress_bar=show_progress_bar,
+        )
+
+    def stream_chunks(
+        self, documents: Iterable[str], chunk_spans: Iterable[Sequence[tuple[int, int]]] | None = None, *, documents_per_call: int = 256, **options: Any
+    ) -> Iterator[list[Chunk]]:
+        """:meth:`encode_chunks` over an iterable of any length, read lazily: yields each
+        document's chunks in input order, ``documents_per_call`` documents at a time."""
+        return late_chunking.stream_chunks(self, documents, chunk_spans, documents_per_call=documents_per_call, **options)
