@@ -6,8 +6,11 @@ import asyncio
 import os
 from typing import Any
 
+from collections.abc import Sequence
+
 from echo_embeddings import DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
+from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +63,22 @@ class EchoEmbeddings(BaseModel, Embeddings):
     def embed_query(self, text: str) -> list[float]:
         """Embed a query with the strategy's query template."""
         return self._encoder().encode([text], "query", instruction=self.query_instruction, normalize=self.normalize)[0]
+
+    def late_chunks(
+        self,
+        texts: Sequence[str],
+        chunk_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+        *,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        chunking: str = "late",
+        window_overlap: int | None = None,
+    ) -> list[list[Chunk]]:
+        """Each text's chunks (``text``, ``start``, ``end``, ``embedding``) with this configuration's
+        model, batch size, normalisation and progress bar: the core's ``encode_chunks``."""
+        return self._encoder().encode_chunks(
+            list(texts), chunk_spans, chunk_tokens=chunk_tokens, chunking=chunking, window_overlap=window_overlap,
+            batch_size=self.batch_size, normalize_embeddings=self.normalize, show_progress_bar=self.show_progress,
+        )
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Runs in a worker thread, so the event loop stays free; calls are serialised per model."""

@@ -4,9 +4,12 @@ whole document (late chunking), and hands those vectors to any vector store with
 from __future__ import annotations
 
 import threading
-from collections import deque
+import warnings
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any, Literal
+
+import numpy as np
 
 from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS
 from langchain_core.documents import BaseDocumentTransformer, Document
@@ -48,9 +51,14 @@ class EchoLateChunker(BaseModel, BaseDocumentTransformer, Embeddings):
     ``chunk_tokens`` (with ``chunk_overlap=0``: late chunks may not overlap)."""
     window_overlap: int | None = None
     """Tokens shared by consecutive windows of documents longer than the model's window."""
+    max_pending: int = Field(default=100_000, gt=0)
+    """Most chunk vectors kept between ``split_documents`` and the store's ``embed_documents``
+    (float32, about 2 KB each for a 576-dimensional model). Past it the oldest are dropped with a
+    warning, and a store that later embeds those chunks gets them embedded on their own."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    _pending: dict[str, deque] = PrivateAttr(default_factory=dict)
+    _pending: OrderedDict[str, deque] = PrivateAttr(default_factory=OrderedDict)
+    _count: int = PrivateAttr(default=0)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def split_and_embed(self, documents: Sequence[Document]) -> list[tuple[Document, list[float]]]:
@@ -59,11 +67,7 @@ class EchoLateChunker(BaseModel, BaseDocumentTransformer, Embeddings):
             return []
         texts = [d.page_content for d in documents]
         spans = None if self.text_splitter is None else [_spans_of(self.text_splitter.split_text(t), t, i) for i, t in enumerate(texts)]
-        e = self.embeddings
-        found = e._encoder().encode_chunks(
-            texts, spans, chunk_tokens=self.chunk_tokens, chunking=self.chunking, window_overlap=self.window_overlap,
-            batch_size=e.batch_size, normalize_embeddings=e.normalize, show_progress_bar=e.show_progress,
-        )
+        found = self.embeddings.late_chunks(texts, spans, chunk_tokens=self.chunk_tokens, chunking=self.chunking, window_overlap=self.window_overlap)
         out = []
         for document, chunks in zip(documents, found):
             for i, chunk in enumerate(chunks):
@@ -75,9 +79,25 @@ class EchoLateChunker(BaseModel, BaseDocumentTransformer, Embeddings):
     def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> list[Document]:
         """Split and embed; the vectors wait here until a store embeds these chunks."""
         pairs = self.split_and_embed(documents)
+        dropped = 0
         with self._lock:
             for document, vector in pairs:
-                self._pending.setdefault(document.page_content, deque()).append(vector)
+                self._pending.setdefault(document.page_content, deque()).append(np.asarray(vector, dtype=np.float32))
+                self._count += 1
+            while self._count > self.max_pending:
+                text, queue = next(iter(self._pending.items()))
+                queue.popleft()
+                self._count -= 1
+                dropped += 1
+                if not queue:
+                    del self._pending[text]
+        if dropped:
+            warnings.warn(
+                f"EchoLateChunker holds at most max_pending={self.max_pending} chunk vectors that no store has taken yet; "
+                f"dropped the {dropped} oldest. A store that embeds those chunks later gets them embedded on their own, "
+                "not late-chunked: add chunks to the store before splitting more, or raise max_pending",
+                stacklevel=2,
+            )
         return [document for document, _ in pairs]
 
     def split_documents(self, documents: Sequence[Document]) -> list[Document]:
@@ -90,9 +110,11 @@ class EchoLateChunker(BaseModel, BaseDocumentTransformer, Embeddings):
         with self._lock:
             for text in texts:
                 queue = self._pending.get(text)
-                out.append(queue.popleft() if queue else None)
-                if queue is not None and not queue:
-                    del self._pending[text]
+                out.append(queue.popleft().tolist() if queue else None)
+                if queue is not None:
+                    self._count -= 1
+                    if not queue:
+                        del self._pending[text]
         rest = [t for t, v in zip(texts, out) if v is None]
         fresh = iter(self.embeddings.embed_documents(rest) if rest else [])
         return [v if v is not None else next(fresh) for v in out]
@@ -104,7 +126,13 @@ class EchoLateChunker(BaseModel, BaseDocumentTransformer, Embeddings):
     def pending(self) -> int:
         """Chunk vectors split but not yet handed to a store."""
         with self._lock:
-            return sum(len(q) for q in self._pending.values())
+            return self._count
+
+    def clear_pending(self) -> None:
+        """Drop the vectors of chunks split but not yet handed to a store."""
+        with self._lock:
+            self._pending.clear()
+            self._count = 0
 
 
 def _spans_of(pieces: list[str], text: str, index: int) -> list[tuple[int, int]]:

@@ -96,3 +96,29 @@ def test_a_text_splitter_chooses_the_chunks(tiny_folder: str) -> None:
         overlapping.split_documents([Document(page_content=text)])
     with pytest.raises(ValueError, match="Document 0 is empty"):
         chunker_for(tiny_folder).split_documents([Document(page_content="")])
+
+
+def test_pending_vectors_are_bounded_and_dropping_them_warns(tiny_folder: str) -> None:
+    chunker = chunker_for(tiny_folder, max_pending=3)
+    documents = [Document(page_content=t) for t in TEXTS]
+    with pytest.warns(UserWarning, match=r"max_pending=3 .* dropped the \d+ oldest"):
+        chunks = chunker.split_documents(documents)
+    assert len(chunks) > 3 and chunker.pending == 3
+    late = [vector for _, vector in chunker.split_and_embed(documents)]
+    plain = chunker.embeddings.embed_documents([c.page_content for c in chunks[:-3]])
+    vectors = chunker.embed_documents([c.page_content for c in chunks])
+    assert np.abs(np.array(vectors[-3:]) - np.array(late[-3:])).max() < 1e-5  # the newest three were kept
+    assert np.abs(np.array(vectors[:-3]) - np.array(plain)).max() < 1e-5  # the dropped ones are embedded on their own
+    assert chunker.pending == 0
+    chunker.split_documents(documents[:1])
+    chunker.clear_pending()
+    assert chunker.pending == 0
+
+
+def test_the_chunkers_reach_the_core_through_public_methods() -> None:
+    import inspect
+
+    from langchain_echo_embeddings import late_chunking
+
+    assert "_encoder" not in inspect.getsource(late_chunking)
+    assert callable(EchoEmbeddings.late_chunks)

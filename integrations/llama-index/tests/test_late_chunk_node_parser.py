@@ -72,3 +72,12 @@ def test_a_pipeline_with_an_embed_model_after_it_keeps_them_and_warns(parser, ti
     for node in nodes:
         text = next(t for t in TEXTS if t[node.start_char_idx : node.end_char_idx] == node.text)
         assert np.abs(np.array(node.embedding) - expected[(text, node.start_char_idx)]).max() < 1e-6
+
+
+def test_the_parser_reaches_the_core_through_public_methods() -> None:
+    import inspect
+
+    from llama_index.embeddings.echo import EchoEmbedding, late_chunking
+
+    assert "_encoder" not in inspect.getsource(late_chunking)
+    assert callable(EchoEmbedding.late_chunks)

@@ -9,6 +9,7 @@ from typing import Any
 
 from echo_embeddings import DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
+from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.schema import BaseNode
 from pydantic import Field
@@ -61,6 +62,22 @@ class EchoEmbedding(BaseEmbedding):
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return self._embed(texts, "document", self.text_instruction) if texts else []
+
+    def late_chunks(
+        self,
+        texts: Sequence[str],
+        *,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        chunking: str = "late",
+        window_overlap: int | None = None,
+        show_progress: bool = False,
+    ) -> list[list[Chunk]]:
+        """Each text's chunks (``text``, ``start``, ``end``, ``embedding``) with this configuration's
+        model, batch size and normalisation: the core's ``encode_chunks``."""
+        return self._encoder().encode_chunks(
+            list(texts), chunk_tokens=chunk_tokens, chunking=chunking, window_overlap=window_overlap,
+            batch_size=self.batch_size, normalize_embeddings=self.normalize, show_progress_bar=show_progress,
+        )
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return await asyncio.to_thread(self._get_query_embedding, query)

@@ -48,10 +48,8 @@ class EchoLateChunkNodeParser(NodeParser):
         if not nodes:
             return []
         texts = [node.get_content(metadata_mode=MetadataMode.NONE) for node in nodes]
-        e = self.embed_model
-        found = e._encoder().encode_chunks(
-            texts, chunk_tokens=self.chunk_tokens, chunking=self.chunking, window_overlap=self.window_overlap,
-            batch_size=e.batch_size, normalize_embeddings=e.normalize, show_progress_bar=show_progress,
+        found = self.embed_model.late_chunks(
+            texts, chunk_tokens=self.chunk_tokens, chunking=self.chunking, window_overlap=self.window_overlap, show_progress=show_progress
         )
         out: list[BaseNode] = []
         for node, chunks in zip(nodes, found):
