@@ -144,3 +144,24 @@ def test_template_object_round_trips(make_model, tmp_path) -> None:
     model.save(str(tmp_path / "t"))
     again = echo_embeddings.load(str(tmp_path / "t"), device="cpu")
     assert again[0].pooling == "last" and torch.equal(again.encode(TEXTS, convert_to_tensor=True), before)
+
+
+def test_the_saved_model_card_says_how_to_load_it_and_its_snippets_run(tmp_path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from helpers import save_tiny_model
+
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu", output_layer=-2)
+    model.save(str(tmp_path / "card-model"))
+    card = (tmp_path / "card-model" / "README.md").read_text(encoding="utf-8")
+    assert "pip install 'echo-embeddings>=" in card and "trust_remote_code=True" in card
+    assert "**Pooled hidden state:** `output_layer=-2`" in card and "sentence template: `Rewrite the following sentence:" in card
+    assert "sentence_transformers_model_id" not in card
+    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+    assert len(snippets) >= 2  # ours and sentence-transformers' own usage
+    for snippet in snippets:
+        snippet = snippet.replace(str(tmp_path / "card-model"), "card-model")
+        done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, snippet + done.stderr[-3000:]

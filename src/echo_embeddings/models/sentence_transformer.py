@@ -9,6 +9,7 @@ the whole module list, input order restored.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..engine.batching import Batch
 from ..engine.inputs import TASK_NAMES, check_texts, normalize_task
 from ..engine.settings import DEFAULT_BATCH_SIZE
 from ..late_chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunking, Copies
+from . import model_card
 from .embedder import EchoEmbedder
 
 
@@ -98,6 +100,17 @@ class EchoSentenceTransformer(SentenceTransformer):
             return first.engine.embed_prepared(
                 prepared, forward, pooling=first.engine.preset.templates(task)[0].pooling, batch_size=batch_size, progress=bar
             )
+
+    def _create_model_card(self, path: str, model_name: str | None = None, train_datasets: Any = "deprecated") -> None:
+        """sentence-transformers' card, adapted so that its usage runs for an echo model (see
+        :mod:`echo_embeddings.models.model_card`). The snippet names ``model_name`` (a hub id) or,
+        for a local save, the folder as given to ``save``."""
+        super()._create_model_card(path, model_name, train_datasets)
+        card_path = Path(path) / "README.md"
+        if not card_path.is_file() or not isinstance(self[0], EchoEmbedder):
+            return
+        reference = self.model_card_data.model_id or model_name or str(path)
+        card_path.write_text(model_card.adapt(card_path.read_text(encoding="utf-8"), self, reference), encoding="utf-8")
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
         """Gradient checkpointing on the decoder, under the name transformers' trainer calls (5.x).

@@ -1,0 +1,77 @@
+"""The model card a save writes: sentence-transformers' own card, with the usage made true for an
+echo model (it needs this package, and ``trust_remote_code`` for the plain sentence-transformers
+load) and a section that says what runs: base model, strategy and templates, pooled hidden state,
+token prepending, the modules after the echo module and any LoRA adapter."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .._version import __version__
+
+PLACEHOLDER = "sentence_transformers_model_id"
+
+
+def echo_section(model: Any, reference: str) -> str:
+    """Markdown: how to load the saved model, and what it computes."""
+    module = model[0]
+    engine = module.engine
+    templates = {task or "sentence": engine.preset.templates(task)[0] for task in (None, "query", "document")}
+    lines = [
+        "## Usage with echo-embeddings",
+        "",
+        "This model embeds with [echo-embeddings](https://pypi.org/project/echo-embeddings/): install it to load the model.",
+        "",
+        "```bash",
+        f"pip install 'echo-embeddings>={__version__}'",
+        "```",
+        "",
+        "```python",
+        "import echo_embeddings",
+        "",
+        f'model = echo_embeddings.load("{reference}")',
+        'embeddings = model.encode(["The weather is lovely today.", "It is sunny outside!"])',
+        'queries = model.encode_query(["what is the weather like?"])',
+        "print(embeddings.shape, model.similarity(queries, embeddings))",
+        "```",
+        "",
+        "`SentenceTransformer(..., trust_remote_code=True)` loads it too, with this package installed.",
+        "",
+        "### What runs",
+        "",
+        f"- **Base model:** {module.source or 'a decoder object handed to echo-embeddings (not recorded)'} "
+        f"({type(module.model).__name__}, {module.get_embedding_dimension()}-dimensional hidden states)",
+        f"- **Strategy:** `{engine.preset.name}`, {engine.preset.sentence[0].pooling} pooling"
+        + (f" ({engine.preset.description})" if engine.preset.description else ""),
+    ]
+    for task, template in templates.items():
+        lines.append(f"  - {task} template: `{_inline(template.spec or template.render('{x}'))}`")
+    lines += [
+        f"- **Pooled hidden state:** `output_layer={module.output_layer}`" + (" with the final norm" if module.final_norm else ""),
+        f"- **Token prepending:** layers {module.tp_layers[0]}..{module.tp_layers[1] - 1}" if module.tp_layers and module.tp_layers[0] < module.tp_layers[1] else "- **Token prepending:** off",
+        f"- **Longest prompt:** {module.max_seq_length} tokens (longer texts are truncated before repetition, with a warning)",
+        f"- **Modules after the echo module:** {', '.join(type(m).__name__ for m in list(model)[1:]) or 'none'}",
+    ]
+    if module.lora is not None:
+        lora = module.lora
+        layers = "every layer" if lora["layers"] is None else f"layers {lora['layers'][0]}..{lora['layers'][-1]}"
+        lines.append(f"- **LoRA adapter:** rank {lora['r']}, alpha {lora['alpha']}, on {layers} ({', '.join(lora['target_modules'])})")
+    lines += ["", "Every setting is in `echo_embeddings_config.json`, exactly as it runs.", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    return text.replace("\n", "\\n").replace("`", "'")
+
+
+def adapt(card: str, model: Any, reference: str) -> str:
+    """sentence-transformers' card with a working usage: the placeholder id replaced by
+    ``reference``, ``trust_remote_code=True`` where it loads the model, this package in its install
+    line, and :func:`echo_section` after the title."""
+    card = card.replace(PLACEHOLDER, reference)
+    card = re.sub(r'SentenceTransformer\("([^"]+)"\)', r'SentenceTransformer("\1", trust_remote_code=True)', card)
+    card = card.replace("pip install -U sentence-transformers\n", "pip install -U sentence-transformers echo-embeddings\n")
+    title = re.search(r"^# .*\n", card, flags=re.MULTILINE)
+    at = title.end() if title else 0
+    return card[:at] + "\n" + echo_section(model, reference) + "\n" + card[at:]
