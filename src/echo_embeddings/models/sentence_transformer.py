@@ -8,11 +8,9 @@ the whole module list, input order restored.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device, truncate_embeddings
@@ -22,7 +20,6 @@ from .. import late_chunking, lora, streaming
 from ..engine.batching import Batch
 from ..engine.inputs import TASK_NAMES, check_texts, normalize_task
 from ..engine.settings import DEFAULT_BATCH_SIZE
-from ..late_chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunking, Copies
 from . import model_card
 from .embedder import EchoEmbedder
 
@@ -126,37 +123,8 @@ class EchoSentenceTransformer(SentenceTransformer):
             raise ValueError("One adapter per model: leave adapter_name out")
         self[0].add_lora(**lora.settings_from_peft(adapter_config))
 
-    def stream(self, texts: Iterable[str], *, chunk_size: int = 4096, show_progress_bar: bool = False, **encode_options: Any) -> Iterator[np.ndarray]:
-        """Encode an iterable of any length ``chunk_size`` texts at a time, yielding arrays in input
-        order (:func:`echo_embeddings.streaming.stream`); write them to disk with
-        ``echo_embeddings.save_npy(model.stream(texts), "vectors.npy")``."""
-        return streaming.stream(self, texts, chunk_size=chunk_size, show_progress_bar=show_progress_bar, **encode_options)
-
-    def encode_chunks(
-        self,
-        documents: Sequence[str],
-        chunk_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
-        *,
-        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-        chunking: Chunking = "late",
-        task: str | None = "document",
-        window_overlap: int | None = None,
-        copies: Copies = "all",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        normalize_embeddings: bool = False,
-        show_progress_bar: bool = False,
-    ) -> list[list[Chunk]]:
-        """Split documents into chunks and embed each chunk; with ``chunking="late"`` (the default)
-        every chunk vector is pooled from the whole document's forward (late chunking). The
-        arguments are :func:`echo_embeddings.late_chunking.encode_chunks`'s."""
-        return late_chunking.encode_chunks(
-            self, documents, chunk_spans, chunk_tokens=chunk_tokens, chunking=chunking, task=task, window_overlap=window_overlap,
-            copies=copies, batch_size=batch_size, normalize_embeddings=normalize_embeddings, show_progress_bar=show_progress_bar,
-        )
-
-    def stream_chunks(
-        self, documents: Iterable[str], chunk_spans: Iterable[Sequence[tuple[int, int]]] | None = None, *, documents_per_call: int = 256, **options: Any
-    ) -> Iterator[list[Chunk]]:
-        """:meth:`encode_chunks` over an iterable of any length, read lazily: yields each
-        document's chunks in input order, ``documents_per_call`` documents at a time."""
-        return late_chunking.stream_chunks(self, documents, chunk_spans, documents_per_call=documents_per_call, **options)
+    # The whole-corpus and long-document methods are the functions that implement them, bound as
+    # methods (``self`` is their ``model``), so their signatures and docs are written once.
+    stream = streaming.stream
+    encode_chunks = late_chunking.encode_chunks
+    stream_chunks = late_chunking.stream_chunks
