@@ -125,3 +125,12 @@ def test_an_unknown_task_is_an_error_not_the_symmetric_template(make_model) -> N
     with pytest.raises(ValueError, match="Unknown task 'querry'"):
         model.encode(["a text"], task="querry")
     np.testing.assert_allclose(model.encode(["a text"], task="passage"), model.encode(["a text"], task="document"))
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    page = (ROOT / "docs" / "concepts" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "src" / "echo_embeddings"
+    missing = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py")) if p.name != "__init__.py" and f" {p.name}" not in page]
+    assert missing == []
+    for folder in sorted(p for p in package.iterdir() if p.is_dir() and not p.name.startswith("__")):
+        assert f" {folder.name}/" in page
