@@ -10,7 +10,7 @@ from .engine.forward import LayerPlan
 from .engine.inputs import check_texts
 from .engine.loading import ALIASES, DEFAULT_MODEL, EmbeddedModel, register_alias
 from .engine.presets import PRESETS, Preset, as_preset, get_preset, register_preset
-from .engine.settings import EmbedderSettings
+from .engine.settings import DEFAULT_BATCH_SIZE, EmbedderSettings
 from .engine.template import Template
 from .models.embedder import EchoEmbedder
 from .models.sentence_transformer import EchoSentenceTransformer
@@ -19,6 +19,7 @@ from .streaming import save_npy
 
 __all__ = [
     "ALIASES",
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_MODEL",
     "PRESETS",
     "EchoEmbedder",

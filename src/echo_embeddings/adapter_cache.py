@@ -1,10 +1,12 @@
-"""The adapters' model cache: one loaded model per configuration per process.
+"""The adapters' model cache: one loaded model per configuration per process, and its scheduler.
 
 LangChain and LlamaIndex create embedding objects freely (per chain, per index, per worker);
-they all reach the model through :func:`shared_model`, which loads it once and serialises
-access to it, so concurrent calls neither duplicate weights nor oversubscribe the device.
-Vectors come from the model's ``encode``, so a saved model's whole module list (a ``Dense``
-projection, ``Normalize``, ...) applies exactly as in sentence-transformers.
+they all reach the model through :func:`shared_model`, which loads it once. Every call goes
+through the model's :class:`~echo_embeddings.scheduler.BatchScheduler`: concurrent calls from
+threads and asyncio tasks share batches instead of queueing one by one, and only the scheduler's
+worker runs the model, so the device is never oversubscribed. Vectors come from the model's
+``encode``, so a saved model's whole module list (a ``Dense`` projection, ``Normalize``, ...)
+applies exactly as in sentence-transformers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .api import load
 from .engine.settings import DEFAULT_BATCH_SIZE
 from .late_chunking import Chunk
 from .models.sentence_transformer import EchoSentenceTransformer
+from .scheduler import BatchScheduler
 
 _CACHE: dict[str, SharedModel] = {}
 _CACHE_LOCK = threading.Lock()
@@ -26,10 +29,13 @@ _CACHE_LOCK = threading.Lock()
 
 @dataclass
 class SharedModel:
-    """A loaded model plus the lock that serialises its forwards."""
+    """A loaded model and the scheduler every caller of it goes through."""
 
     model: EchoSentenceTransformer
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    scheduler: BatchScheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler = BatchScheduler(self.model)
 
     def encode(
         self,
@@ -41,19 +47,31 @@ class SharedModel:
         normalize: bool = True,
         show_progress: bool = False,
     ) -> list[list[float]]:
-        """Vectors as lists of Python floats, in input order."""
-        options: dict[str, Any] = {"instruction": instruction} if instruction else {}
-        with self.lock:
-            vectors = self.model.encode(
-                list(texts), task=task, batch_size=batch_size, normalize_embeddings=normalize,
-                show_progress_bar=show_progress, convert_to_numpy=True, **options,
-            )
+        """Vectors as lists of Python floats, in input order, through the shared batches. With a
+        progress bar or a batch size of its own, the call runs alone on the scheduler's worker."""
+        if show_progress or batch_size != self.scheduler.batch_size:
+            options: dict[str, Any] = {"instruction": instruction} if instruction else {}
+            vectors = self.scheduler.call(
+                lambda: self.model.encode(
+                    list(texts), task=task, batch_size=batch_size, normalize_embeddings=normalize,
+                    show_progress_bar=show_progress, convert_to_numpy=True, **options,
+                )
+            ).result()
+            return vectors.tolist()
+        # An empty instruction, like None, keeps the model's own (the adapters' fields default to it).
+        return self.scheduler.encode(texts, task, instruction=instruction or None, normalize=normalize).tolist()
+
+    async def aencode(self, texts: Sequence[str], task: str | None, *, instruction: str | None = None, normalize: bool = True) -> list[list[float]]:
+        """:meth:`encode` for asyncio: the event loop stays free while the batch runs, and waits for
+        room when the scheduler's queue is full."""
+        vectors = await self.scheduler.aencode(texts, task, instruction=instruction or None, normalize=normalize, wait=True)
         return vectors.tolist()
 
     def encode_chunks(self, documents: Sequence[str], chunk_spans: Any = None, **options: Any) -> list[list[Chunk]]:
-        """Each document's chunks with their vectors: ``EchoSentenceTransformer.encode_chunks``."""
-        with self.lock:
-            return self.model.encode_chunks(list(documents), chunk_spans, **options)
+        """Each document's chunks with their vectors (``EchoSentenceTransformer.encode_chunks``),
+        run on the scheduler's worker between batches."""
+        documents = list(documents)
+        return self.scheduler.call(lambda: self.model.encode_chunks(documents, chunk_spans, **options)).result()
 
 
 def shared_model(model: str, strategy: str | None = None, device: str | None = None, **options: Any) -> SharedModel:

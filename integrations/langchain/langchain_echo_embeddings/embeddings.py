@@ -8,7 +8,7 @@ from typing import Any
 
 from collections.abc import Sequence
 
-from echo_embeddings import DEFAULT_MODEL
+from echo_embeddings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
 from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
 from langchain_core.embeddings import Embeddings
@@ -36,7 +36,7 @@ class EchoEmbeddings(BaseModel, Embeddings):
     a saved model's own strategy, or ``echo``."""
     device: str | None = None
     """``cuda``, ``cpu``, ...; by default CUDA when available."""
-    batch_size: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
     """Most texts per forward pass; the core sorts them by token count and its token budget
     usually decides."""
     normalize: bool = True
@@ -81,8 +81,14 @@ class EchoEmbeddings(BaseModel, Embeddings):
         )
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Runs in a worker thread, so the event loop stays free; calls are serialised per model."""
-        return await asyncio.to_thread(self.embed_documents, texts)
+        """The event loop stays free; concurrent calls (from any number of tasks and threads) share
+        the model's batches through its scheduler."""
+        if not texts:
+            return []
+        if self.show_progress or self.batch_size != DEFAULT_BATCH_SIZE:
+            return await asyncio.to_thread(self.embed_documents, texts)  # a call of its own, with its progress bar or batch size
+        return await self._encoder().aencode(texts, "document", normalize=self.normalize)
 
     async def aembed_query(self, text: str) -> list[float]:
-        return await asyncio.to_thread(self.embed_query, text)
+        """Like :meth:`aembed_documents`, with the query template."""
+        return (await self._encoder().aencode([text], "query", instruction=self.query_instruction, normalize=self.normalize))[0]

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from echo_embeddings import DEFAULT_MODEL
+from echo_embeddings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
 from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -18,7 +18,7 @@ LATE_CHUNK_KEY = "echo_chunking"
 """Node metadata set by ``EchoLateChunkNodeParser``: the node's embedding is a late-chunked vector."""
 
 # LlamaIndex's default of 10 texts per call would cut the core's length sorting into tiny windows.
-DEFAULT_EMBED_BATCH_SIZE = 256
+DEFAULT_EMBED_BATCH_SIZE = DEFAULT_BATCH_SIZE
 
 
 class EchoEmbedding(BaseEmbedding):
@@ -37,7 +37,7 @@ class EchoEmbedding(BaseEmbedding):
     strategy: str | None = Field(default=None, description="Preset (echo, mean, prompteol+tp, ...) or template string; None keeps a saved model's own, or echo.")
     device: str | None = Field(default=None, description="cuda, cpu, ...; CUDA when available by default.")
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, description="Texts handed to the core per call; it sorts them by length.")
-    batch_size: int = Field(default=256, gt=0, description="Most texts per forward pass inside the core; its token budget usually decides.")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0, description="Most texts per forward pass inside the core; its token budget usually decides.")
     normalize: bool = Field(default=True, description="Return unit-length vectors.")
     query_instruction: str | None = Field(default=None, description="Instruction for the query template; None keeps the model's own.")
     text_instruction: str | None = Field(default=None, description="Instruction for the document template, if it has one; None keeps the model's own.")
@@ -79,14 +79,20 @@ class EchoEmbedding(BaseEmbedding):
             batch_size=self.batch_size, normalize_embeddings=self.normalize, show_progress_bar=show_progress,
         )
 
+    async def _aembed(self, texts: list[str], task: str, instruction: str | None) -> list[Embedding]:
+        # The event loop stays free; concurrent calls share the model's batches through its scheduler.
+        if self.batch_size != DEFAULT_BATCH_SIZE:
+            return await asyncio.to_thread(self._embed, texts, task, instruction)  # a call of its own, with its batch size
+        return await self._encoder().aencode(texts, task, instruction=instruction, normalize=self.normalize)
+
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
+        return (await self._aembed([query], "query", self.query_instruction))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return await asyncio.to_thread(self._get_text_embedding, text)
+        return (await self._aembed([text], "document", self.text_instruction))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
+        return await self._aembed(texts, "document", self.text_instruction) if texts else []
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """As a pipeline step: embed the nodes, except those that already carry a late-chunked

@@ -1,0 +1,317 @@
+"""Micro-batching: encode calls that arrive at the same time share the engine's batches.
+
+A :class:`BatchScheduler` owns one worker thread that is the only one to run its model. Callers
+(threads, asyncio tasks, the LangChain and LlamaIndex adapters, the HTTP server) submit texts and
+get a future. While the worker runs one batch, new requests queue up; when it is free it takes every
+queued request (up to ``max_texts_per_run`` texts), groups them by what the engine must run apart
+(the task's templates and the instruction), and runs each group as one ``model.encode`` call: the
+texts of all callers are sorted by token count together and cut into token-budget batches, with the
+prefix cache and packing as usual. Each caller then gets its own rows back, in its own order. A
+text's vector does not depend on the batch it shared (the engine's batch invariance), so a caller's
+vectors equal a lone ``model.encode`` of the same texts.
+
+The queue is bounded in texts: a request that would overflow it fails at once with
+:class:`QueueFullError` (or, with ``wait=True``, waits for room). Inputs are checked before they
+are queued, so one bad request never fails the others; a request whose future was cancelled (a
+client that went away) is dropped before it is run. ``close()`` stops new requests, finishes the
+queued ones and stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engine.inputs import Task, check_texts, normalize_task
+from .engine.settings import DEFAULT_BATCH_SIZE
+
+DEFAULT_MAX_QUEUED_TEXTS = 16_384
+"""Texts waiting at most (about 50 MB of text at 3 KB a text); past it requests are refused."""
+DEFAULT_MAX_TEXTS_PER_RUN = 1_024
+"""Texts the worker takes into one run at most, so that a flood of texts cannot hold back a query
+that arrives behind it for longer than one run."""
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RUN_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class QueueFullError(RuntimeError):
+    """The scheduler's queue has no room for this request; retry later (an HTTP server answers 429)."""
+
+
+class SchedulerClosedError(RuntimeError):
+    """The scheduler was closed; it takes no new requests."""
+
+
+@dataclass
+class Histogram:
+    """Cumulative counts per upper bound, Prometheus style."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+
+
+@dataclass
+class SchedulerStats:
+    """What the scheduler did since it started (read under its lock with :meth:`BatchScheduler.snapshot`)."""
+
+    requests: int = 0
+    texts: int = 0
+    runs: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    run_texts: Histogram = field(default_factory=lambda: Histogram(RUN_SIZE_BUCKETS))
+    latency_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    task: Task | None
+    instruction: str | None
+    future: Future
+    queued_at: float
+
+
+@dataclass
+class _Call:
+    function: Callable[[], Any]
+    future: Future
+
+
+class BatchScheduler:
+    """One worker thread that runs ``model.encode`` for every caller, merging concurrent requests.
+
+    Args:
+        model: an echo ``SentenceTransformer`` (from :func:`echo_embeddings.load`); any object
+            with sentence-transformers' ``encode`` works.
+        max_queued_texts: most texts waiting; a request that would pass it is refused
+            (:class:`QueueFullError`) or, with ``wait=True``, waits for room.
+        max_texts_per_run: most texts the worker merges into one run.
+        batch_size: the ``batch_size`` cap of each ``encode`` (the token budget decides below it).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS,
+        max_texts_per_run: int = DEFAULT_MAX_TEXTS_PER_RUN,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if max_queued_texts < 1 or max_texts_per_run < 1:
+            raise ValueError("max_queued_texts and max_texts_per_run must be positive")
+        self.model = model
+        self.max_queued_texts = max_queued_texts
+        self.max_texts_per_run = max_texts_per_run
+        self.batch_size = batch_size
+        self.stats = SchedulerStats()
+        self._queue: deque[_Request | _Call] = deque()
+        self._queued_texts = 0
+        self._closed = False
+        self._condition = threading.Condition()
+        self._worker: threading.Thread | None = None
+
+    # -- submitting -------------------------------------------------------------------------
+    @property
+    def queued_texts(self) -> int:
+        """Texts waiting now (the queue depth)."""
+        with self._condition:
+            return self._queued_texts
+
+    def submit(
+        self, texts: Sequence[str], task: str | None = None, *, instruction: str | None = None, wait: bool = False, timeout: float | None = None
+    ) -> Future:
+        """Queue ``texts`` and return a future of their float32 vectors ``[len(texts), dim]``, in order.
+
+        Raises at once, before queueing: ``TypeError`` for a non-string item (naming its index),
+        ``ValueError`` for an unknown task or a request larger than the whole queue,
+        :class:`QueueFullError` when the queue has no room (unless ``wait``; then after
+        ``timeout`` seconds), :class:`SchedulerClosedError` after :meth:`close`.
+        """
+        texts = check_texts(texts)
+        task = normalize_task(task)
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+        future: Future = Future()
+        if not texts:
+            future.set_result(np.empty((0, self._dimension()), dtype=np.float32))
+            return future
+        if len(texts) > self.max_queued_texts:
+            raise ValueError(f"{len(texts)} texts in one request exceed the queue's {self.max_queued_texts}; send them in smaller requests")
+        request = _Request(texts, task, instruction, future, time.perf_counter())
+        self._enqueue(request, len(texts), wait, timeout)
+        return future
+
+    def call(self, function: Callable[[], Any]) -> Future:
+        """Run ``function()`` on the worker thread, between batches (for other work on the same
+        model, such as late chunking, that must not run beside the batches)."""
+        future: Future = Future()
+        self._enqueue(_Call(function, future), 0, True, None)
+        return future
+
+    def _enqueue(self, item: _Request | _Call, texts: int, wait: bool, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while True:
+                if self._closed:
+                    raise SchedulerClosedError("the scheduler is closed and takes no new requests")
+                if self._queued_texts + texts <= self.max_queued_texts:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if not wait or (left is not None and left <= 0):
+                    self.stats.rejected += 1
+                    raise QueueFullError(
+                        f"the queue holds {self._queued_texts} texts and takes at most {self.max_queued_texts}; "
+                        f"this request of {texts} does not fit: retry later"
+                    )
+                self._condition.wait(left)
+            self._queue.append(item)
+            self._queued_texts += texts
+            if isinstance(item, _Request):
+                self.stats.requests += 1
+                self.stats.texts += texts
+            self._condition.notify_all()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="echo-embeddings-scheduler", daemon=True)
+                self._worker.start()
+
+    def encode(
+        self, texts: Sequence[str], task: str | None = None, *, instruction: str | None = None, normalize: bool = False, wait: bool = True
+    ) -> np.ndarray:
+        """:meth:`submit` and wait for the vectors (unit length with ``normalize``). Waits for room
+        in the queue by default, as a blocking call would."""
+        vectors = self.submit(texts, task, instruction=instruction, wait=wait).result()
+        return _normalized(vectors) if normalize else vectors
+
+    async def aencode(
+        self, texts: Sequence[str], task: str | None = None, *, instruction: str | None = None, normalize: bool = False, wait: bool = False
+    ) -> np.ndarray:
+        """:meth:`submit` from asyncio without blocking the event loop. A full queue raises
+        :class:`QueueFullError` unless ``wait``; a cancelled task drops its request."""
+        if wait:
+            future = await asyncio.to_thread(self.submit, texts, task, instruction=instruction, wait=True)
+        else:
+            future = self.submit(texts, task, instruction=instruction)
+        vectors = await asyncio.wrap_future(future)
+        return _normalized(vectors) if normalize else vectors
+
+    # -- the worker ---------------------------------------------------------------------------
+    def _take(self) -> list[_Request | _Call] | None:
+        """The next run's requests (or one call), waiting for work; None once closed and drained."""
+        with self._condition:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._condition.wait()
+            if isinstance(self._queue[0], _Call):
+                return [self._queue.popleft()]
+            taken: list[_Request | _Call] = []
+            count = 0
+            while self._queue and isinstance(self._queue[0], _Request):
+                size = len(self._queue[0].texts)  # type: ignore[union-attr]
+                if taken and count + size > self.max_texts_per_run:
+                    break
+                taken.append(self._queue.popleft())
+                count += size
+            self._queued_texts -= count
+            self._condition.notify_all()
+            return taken
+
+    def _run(self) -> None:
+        while (taken := self._take()) is not None:
+            if isinstance(taken[0], _Call):
+                call = taken[0]
+                if call.future.set_running_or_notify_cancel():  # type: ignore[union-attr]
+                    try:
+                        call.future.set_result(call.function())  # type: ignore[union-attr]
+                    except BaseException as error:  # handed to the caller
+                        call.future.set_exception(error)  # type: ignore[union-attr]
+                continue
+            live = [r for r in taken if r.future.set_running_or_notify_cancel()]  # type: ignore[union-attr]
+            with self._condition:
+                self.stats.cancelled += len(taken) - len(live)
+            groups: dict[tuple[Task | None, str | None], list[_Request]] = {}
+            for request in live:
+                groups.setdefault((request.task, request.instruction), []).append(request)  # type: ignore[arg-type]
+            for (task, instruction), requests in groups.items():
+                self._run_group(task, instruction, requests)
+
+    def _run_group(self, task: Task | None, instruction: str | None, requests: list[_Request]) -> None:
+        texts = [t for r in requests for t in r.texts]
+        options: dict[str, Any] = {"instruction": instruction} if instruction is not None else {}
+        try:
+            vectors = self.model.encode(
+                texts, task=task, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False, **options
+            )
+        except BaseException as error:  # every caller of the group learns why
+            with self._condition:
+                self.stats.failed += len(requests)
+            for request in requests:
+                request.future.set_exception(error)
+            return
+        vectors = np.asarray(vectors, dtype=np.float32)
+        done = time.perf_counter()
+        start = 0
+        with self._condition:
+            self.stats.runs += 1
+            self.stats.run_texts.observe(len(texts))
+            for request in requests:
+                self.stats.latency_seconds.observe(done - request.queued_at)
+        for request in requests:
+            request.future.set_result(vectors[start : start + len(request.texts)])
+            start += len(request.texts)
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The stats and the queue depth, consistent with each other (for a metrics endpoint)."""
+        with self._condition:
+            stats = self.stats
+            return {
+                "requests": stats.requests, "texts": stats.texts, "runs": stats.runs, "rejected": stats.rejected,
+                "cancelled": stats.cancelled, "failed": stats.failed, "queued_texts": self._queued_texts,
+                "run_texts": (stats.run_texts.bounds, list(stats.run_texts.counts), stats.run_texts.total, stats.run_texts.count),
+                "latency_seconds": (stats.latency_seconds.bounds, list(stats.latency_seconds.counts), stats.latency_seconds.total, stats.latency_seconds.count),
+            }
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no new requests, finish the queued ones, stop the worker."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _dimension(self) -> int:
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
+
+
+def _normalized(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)

@@ -1,0 +1,167 @@
+"""The micro-batching scheduler: concurrent callers share batches and each gets exactly the vectors
+a lone ``model.encode`` gives, in its own order; the queue is bounded; bad input fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from echo_embeddings.scheduler import BatchScheduler, QueueFullError, SchedulerClosedError
+
+TEXTS = [f"Sentence number {i} says something {'rather ' * (i % 5)}different." for i in range(40)]
+
+
+class Gated:
+    """The model, with a gate its next ``encode`` waits at (to hold the worker inside a run)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.calls: list[int] = []
+
+    def encode(self, texts, **options):
+        self.calls.append(len(texts))
+        self.entered.set()
+        self.gate.wait(30)
+        return self.model.encode(texts, **options)
+
+    def get_embedding_dimension(self) -> int:
+        return self.model.get_embedding_dimension()
+
+
+def lone(model, texts, task=None, instruction=None):
+    options = {"instruction": instruction} if instruction else {}
+    return model.encode(texts, task=task, convert_to_numpy=True, **options)
+
+
+def test_threads_share_batches_and_get_their_own_vectors(make_model) -> None:
+    model = make_model("echo")
+    gated = Gated(model)
+    scheduler = BatchScheduler(gated)
+    gated.gate.clear()
+    first = scheduler.submit(TEXTS[:1])  # holds the worker while the others queue up
+    assert gated.entered.wait(10)
+    jobs = [(TEXTS[i : i + 5], ("query", "document", None)[i % 3], "Find it" if i % 2 else None) for i in range(0, 40, 5)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = list(pool.map(lambda job: scheduler.submit(job[0], job[1], instruction=job[2]), jobs))
+        gated.gate.set()
+        results = [f.result(30) for f in futures]
+    assert first.result(30).shape == (1, model.get_embedding_dimension())
+    for (texts, task, instruction), vectors in zip(jobs, results):
+        assert np.abs(vectors - lone(model, texts, task, instruction)).max() < 1e-4
+    # 8 requests in at most 6 (task, instruction) groups, run together after the gate opened
+    assert len(gated.calls) <= 1 + 6 and max(gated.calls) > 5
+    assert scheduler.stats.requests == 9 and scheduler.stats.texts == 41
+    scheduler.close()
+
+
+def test_asyncio_tasks_share_batches(make_model) -> None:
+    model = make_model("echo")
+    scheduler = BatchScheduler(model)
+
+    async def main():
+        return await asyncio.gather(*(scheduler.aencode(TEXTS[i : i + 3], "document") for i in range(0, 30, 3)))
+
+    results = asyncio.run(main())
+    for i, vectors in zip(range(0, 30, 3), results):
+        assert np.abs(vectors - lone(model, TEXTS[i : i + 3], "document")).max() < 1e-4
+    normalized = scheduler.encode(TEXTS[:4], normalize=True)
+    assert np.allclose(np.linalg.norm(normalized, axis=1), 1, atol=1e-5)
+    scheduler.close()
+
+
+def test_bad_input_fails_before_queueing_and_alone(make_model) -> None:
+    scheduler = BatchScheduler(make_model("echo"))
+    with pytest.raises(TypeError, match="Input 1 is int"):
+        scheduler.submit(["fine", 3])
+    with pytest.raises(ValueError, match="Unknown task 'querry'"):
+        scheduler.submit(["fine"], "querry")
+    assert scheduler.stats.requests == 0
+    assert scheduler.encode(["fine"]).shape[0] == 1
+    assert scheduler.submit([]).result().shape == (0, 32)
+    scheduler.close()
+
+
+def test_a_full_queue_refuses_or_waits(make_model) -> None:
+    gated = Gated(make_model("echo"))
+    scheduler = BatchScheduler(gated, max_queued_texts=4)
+    gated.gate.clear()
+    running = scheduler.submit(["held in the worker"])
+    assert gated.entered.wait(10)
+    queued = scheduler.submit(TEXTS[:4])
+    with pytest.raises(QueueFullError, match="holds 4 texts and takes at most 4"):
+        scheduler.submit(["one more"])
+    with pytest.raises(QueueFullError):
+        scheduler.submit(["one more"], wait=True, timeout=0.2)
+    with pytest.raises(ValueError, match="5 texts in one request exceed the queue's 4"):
+        scheduler.submit(TEXTS[:5])
+    waiting = ThreadPoolExecutor(1).submit(scheduler.encode, ["waits for room"])  # wait=True by default
+    gated.gate.set()
+    assert running.result(30).shape[0] == 1 and queued.result(30).shape[0] == 4 and waiting.result(30).shape[0] == 1
+    assert scheduler.stats.rejected == 2
+    scheduler.close()
+
+
+def test_a_cancelled_request_is_dropped_and_the_others_run(make_model) -> None:
+    gated = Gated(make_model("echo"))
+    scheduler = BatchScheduler(gated)
+    gated.gate.clear()
+    scheduler.submit(["held"])
+    assert gated.entered.wait(10)
+    gone, kept = scheduler.submit(TEXTS[:3]), scheduler.submit(TEXTS[3:5])
+    assert gone.cancel()
+    gated.gate.set()
+    assert kept.result(30).shape[0] == 2
+    assert scheduler.stats.cancelled == 1 and 3 not in gated.calls[1:] and 5 not in gated.calls[1:]
+    scheduler.close()
+
+
+def test_a_failing_run_fails_its_callers_and_the_worker_goes_on(make_model) -> None:
+    model = make_model("echo")
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.fail = True
+
+        def encode(self, texts, **options):
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("out of luck")
+            return model.encode(texts, **options)
+
+        def get_embedding_dimension(self) -> int:
+            return 32
+
+    scheduler = BatchScheduler(Flaky())
+    with pytest.raises(RuntimeError, match="out of luck"):
+        scheduler.encode(["a"])
+    assert scheduler.encode(["b"]).shape == (1, 32)
+    assert scheduler.stats.failed == 1
+    scheduler.close()
+
+
+def test_close_finishes_the_queue_and_refuses_new_work(make_model) -> None:
+    gated = Gated(make_model("echo"))
+    scheduler = BatchScheduler(gated)
+    gated.gate.clear()
+    futures = [scheduler.submit([text]) for text in TEXTS[:5]]
+    assert gated.entered.wait(10)
+    closer = threading.Thread(target=scheduler.close)
+    closer.start()
+    gated.gate.set()
+    closer.join(30)
+    assert all(f.result(0).shape == (1, 32) for f in futures)
+    with pytest.raises(SchedulerClosedError):
+        scheduler.submit(["late"])
+
+
+def test_calls_run_on_the_worker_between_batches(make_model) -> None:
+    scheduler = BatchScheduler(make_model("echo"))
+    assert scheduler.call(lambda: threading.current_thread().name).result(10) == "echo-embeddings-scheduler"
+    scheduler.close()
