@@ -31,7 +31,10 @@ CHARTS = {
     "fine_tuned_gemma3": (["STS-B dev", "SICK trial"], True),
     "late_chunking": (["SmolLM2-135M, 300 abstracts", "Gemma 3 270M, 200 abstracts"], True),
     "engine_speed": (["time vs (a)"], False),
+    "serve_load": (["vs offline encode", "lock per call vs offline"], True),
 }
+NO_BOLD = {"serve_load", "engine_speed"}
+"""Tables whose columns mix directions (rates and latencies): no best value is marked."""
 
 
 def cell_text(cell: dict | None, bold: bool = False) -> str:
@@ -44,11 +47,11 @@ def cell_text(cell: dict | None, bold: bool = False) -> str:
     return value
 
 
-def table(result: dict, higher_is_better: bool) -> str:
+def table(result: dict, higher_is_better: bool, bold: bool = True) -> str:
     """A markdown table; in quality tables the best value of each column (the reference row aside) is bold."""
     columns, rows = result["columns"], result["rows"]
     best: dict[int, float] = {}
-    if result.get("reference") and higher_is_better:
+    if result.get("reference") and higher_is_better and bold:
         for j in range(len(columns)):
             values = [r["cells"][j]["value"] for r in rows if r["label"] != result["reference"] and r["cells"][j] is not None]
             if values:
@@ -105,7 +108,7 @@ def outputs() -> dict[Path, str]:
         name = path.stem
         result = json.loads(path.read_text(encoding="utf-8"))
         columns, higher = CHARTS.get(name, (result["columns"][:1], True))
-        out[TABLES / f"{name}.md"] = table(result, higher)
+        out[TABLES / f"{name}.md"] = table(result, higher, bold=name not in NO_BOLD)
         out[IMAGES / f"results-{name}.svg"] = chart(name, result, columns, higher)
     return out
 

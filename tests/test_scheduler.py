@@ -165,3 +165,4 @@ def test_calls_run_on_the_worker_between_batches(make_model) -> None:
     scheduler = BatchScheduler(make_model("echo"))
     assert scheduler.call(lambda: threading.current_thread().name).result(10) == "echo-embeddings-scheduler"
     scheduler.close()
+

@@ -1,7 +1,5 @@
-"""The command line, one module a command: ``embed`` (``embed.py``), ``evaluate`` (``evaluate.py``),
-``fit-whitening`` (``whitening.py``) and ``train`` (``train.py``). Every command reads its files and
-checks its arguments before any model work; a data error exits 2 with one line that names it.
-"""
+"""The ``echo-embeddings`` parser and its entry point: each command adds its own sub-parser and runs
+it; a data error exits 2 with one line that names it."""
 
 from __future__ import annotations
 
@@ -9,9 +7,9 @@ import argparse
 import sys
 
 from ..data import DataError
-from . import embed, evaluate, train, whitening
+from . import embed, evaluate, serve, train, whitening
 
-COMMANDS = {"embed": embed, "evaluate": evaluate, "fit-whitening": whitening, "train": train}
+COMMANDS = {"embed": embed, "evaluate": evaluate, "fit-whitening": whitening, "serve": serve, "train": train}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,6 +29,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

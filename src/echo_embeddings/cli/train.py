@@ -48,6 +48,10 @@ def add_parser(commands: Any) -> None:
         help="token-budget batches: at most N prompt tokens (and --batch-size rows) a step, rows of similar length together",
     )
     tr.add_argument("--gradient-checkpointing", action="store_true", help="recompute the trained layers' activations in backward (less memory)")
+    tr.add_argument(
+        "--matryoshka-dims", default=None, metavar="D,D,...",
+        help="train with MatryoshkaLoss so that the leading D dimensions work alone, e.g. 64,128,256 (the server's 'dimensions')",
+    )
     tr.add_argument("--device", default=None)
 
 
@@ -83,6 +87,10 @@ def run(args: argparse.Namespace) -> None:
     data = pairs_from_corpus(args.pairs_from) if args.pairs_from else read_training_files(args.train_files, columns, args.score_column)
     dev = read_training_file(args.dev, columns, args.score_column) if args.dev else None
     layers = _layers(args.lora_layers)
+    try:
+        dims = [int(d) for d in split([args.matryoshka_dims])] if args.matryoshka_dims else None
+    except ValueError:
+        raise DataError(f"--matryoshka-dims {args.matryoshka_dims!r}: give sizes such as 64,128,256") from None
     tr.check_loss(data.kind, args.loss)
     for flag in ("max_seq_length", "max_batch_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
             model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
             learning_rate=args.learning_rate, lora=args.lora, lora_rank=args.lora_rank, lora_layers=layers, loss=args.loss, seed=args.seed,
             reuse_frozen=args.reuse_frozen, max_seq_length=args.max_seq_length, max_batch_tokens=args.max_batch_tokens,
-            gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing=args.gradient_checkpointing, matryoshka_dims=dims,
         )
     except ValueError as error:
         raise DataError(str(error)) from error

@@ -137,8 +137,9 @@ class Engine:
     def config(self) -> dict[str, Any]:
         """Every setting as it runs, JSON-ready: what a save writes."""
         config = {f.name: self.resolved(f.name) for f in dataclasses.fields(EmbedderSettings)}
-        if config["tp_layers"] is not None:
-            config["tp_layers"] = list(config["tp_layers"])
+        for key in ("tp_layers", "matryoshka_dims"):
+            if config[key] is not None:
+                config[key] = list(config[key])
         return config
 
     @property

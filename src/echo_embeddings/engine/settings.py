@@ -57,6 +57,9 @@ class EmbedderSettings:
         packing: pack batches without padding: ``None`` wherever the model and a kernel allow,
             ``True`` always (or an error), ``False`` never.
         max_batch_tokens: the token budget of a batch; ``None`` for the device's default.
+        matryoshka_dims: the sizes a Matryoshka loss trained the vectors to work at (``train
+            --matryoshka-dims``): their leading dimensions can be kept alone (the server's
+            ``dimensions``). ``None`` for a model not trained so. It does not change the vectors.
     """
 
     strategy: str = "echo"
@@ -71,6 +74,7 @@ class EmbedderSettings:
     prefix_cache: bool = True
     packing: bool | None = None
     max_batch_tokens: int | None = None
+    matryoshka_dims: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         strategy: Any = self.strategy
@@ -109,6 +113,13 @@ class EmbedderSettings:
             raise TypeError(f"prefix_cache must be True or False, got {self.prefix_cache!r}")
         if self.packing not in (None, True, False):
             raise TypeError(f"packing must be None, True or False, got {self.packing!r}")
+        if self.matryoshka_dims is not None:
+            dims: Any = self.matryoshka_dims
+            if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or not dims or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims
+            ):
+                raise TypeError(f"matryoshka_dims must be positive ints, got {dims!r}")
+            self._set("matryoshka_dims", tuple(sorted(set(int(d) for d in dims))))
         if self.placeholder_token is not None and not isinstance(self.placeholder_token, (str, int)):
             raise TypeError(f"placeholder_token must be a token string or id, got {self.placeholder_token!r}")
 

@@ -52,6 +52,7 @@ def train(
     max_batch_tokens: int | None = None,
     gradient_checkpointing: bool = False,
     callbacks: Sequence[Any] = (),
+    matryoshka_dims: Sequence[int] | None = None,
 ) -> EchoSentenceTransformer:
     """Fine-tune ``model`` on ``data`` with ``SentenceTransformerTrainer`` and save it to ``out``.
 
@@ -89,6 +90,9 @@ def train(
             instead of keeping them (transformers' checkpointing on the decoder): less memory
             for long texts or large batches, at the cost of one more forward of those layers.
         callbacks: transformers ``TrainerCallback`` objects handed to the trainer.
+        matryoshka_dims: train with sentence-transformers' ``MatryoshkaLoss`` around the loss,
+            so that the leading ``d`` dimensions work alone for each ``d``; the saved model records
+            them (``matryoshka_dims``), and the server then accepts them as ``dimensions``.
     """
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -99,6 +103,11 @@ def train(
             torch.manual_seed(seed)
             add_lora(model, r=lora_rank, alpha=2 * lora_rank, layers=_lora_layers(model, lora_layers))
     loss_fn = loss_for(model, data.kind, loss)
+    dims = check_matryoshka_dims(model, matryoshka_dims)
+    if dims is not None:
+        from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+        loss_fn = MatryoshkaLoss(model, loss_fn, matryoshka_dims=sorted(dims, reverse=True))
     # transformers 5.x renamed the argument (the old name warns); older releases know only the old one.
     names = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments)}
     checkpointing_argument = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
@@ -151,8 +160,21 @@ def train(
             "frozen layers 0..%d: %d rows (a text in a template) computed once, served %d times from kept states (%d token states)",
             kept.start - 1, kept.computed, kept.served, kept.tokens,
         )
+    if dims is not None:
+        model[0].matryoshka_dims = dims
     model.save(str(out))
     return model
+
+
+def check_matryoshka_dims(model: EchoSentenceTransformer, dims: Sequence[int] | None) -> tuple[int, ...] | None:
+    """The Matryoshka sizes, checked against the model's output size (before any training)."""
+    if dims is None:
+        return None
+    size = model.get_embedding_dimension()
+    wrong = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= size]
+    if wrong or not dims:
+        raise ValueError(f"matryoshka dims {list(dims)}: give sizes between 1 and the model's {size} dimensions")
+    return tuple(sorted(set(dims) | {size}))
 
 
 def layers_below_output(model: EchoSentenceTransformer, count: int) -> list[int]:

@@ -1,0 +1,204 @@
+"""``create_app(model)``: the ASGI app behind ``echo-embeddings serve``.
+
+- ``POST /v1/embeddings``: OpenAI's embeddings API. ``input`` is a string or a list of strings
+  (token-id arrays are refused: the model reads text through its own templates); ``encoding_format``
+  ``float`` or ``base64``; ``dimensions`` only where the leading dimensions are the strongest (the
+  model ends in a PCA whitening); ``input_type`` ``query`` / ``document`` picks the template, or a
+  ``:query`` / ``:document`` suffix on ``model`` for clients that cannot send extra fields. The
+  ``model`` field never loads anything: the served model is fixed when the app is made. Vectors
+  come back unit-length, as OpenAI's do; ``usage`` counts the inputs' tokens in the model's tokenizer.
+- ``GET /v1/models``, ``GET /health`` (200 only once the model has embedded a warm-up text),
+  ``GET /metrics`` (Prometheus text).
+
+Every error has OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``), names the
+item and the limit, and carries no stack trace. A bad request fails before it is queued, so it never
+fails the requests it would have shared a batch with. A full queue answers 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ..models.whitening import Whitening
+from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS, BatchScheduler, QueueFullError, SchedulerClosedError
+from .metrics import ServerMetrics
+from .schemas import MODEL_SUFFIXES, RequestError, parse_request
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may hold; past a limit the request is refused with the limit named."""
+
+    max_inputs: int = 2048
+    """Items in one request's ``input`` (OpenAI's own limit)."""
+    max_input_chars: int = 32_768
+    """Characters in one item (the model reads at most ``max_seq_length`` tokens of it anyway)."""
+    max_body_bytes: int = 16 << 20
+    """Bytes of one request body (413 past it)."""
+    max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS
+    """Texts waiting for the model across all requests (429 past it)."""
+    retry_after_seconds: int = 1
+    """What a 429 tells the client to wait."""
+
+
+def create_app(model: Any, *, served_model_name: str | None = None, api_key: str | None = None, limits: ServerLimits | None = None) -> FastAPI:
+    """The server for ``model`` (a model from :func:`echo_embeddings.load`).
+
+    Args:
+        model: the model every request is embedded with; it is fixed for the app's life.
+        served_model_name: the name ``/v1/models`` lists and responses carry (default: the model's
+            source, or ``echo-embeddings``).
+        api_key: when set, every request but ``/health`` needs ``Authorization: Bearer <api_key>``
+            (compared in constant time); 401 without it.
+        limits: :class:`ServerLimits`.
+    """
+    limits = limits or ServerLimits()
+    name = served_model_name or str(getattr(model[0], "source", None) or "echo-embeddings")
+    state: dict[str, Any] = {"ready": False, "scheduler": None}
+    metrics = ServerMetrics()
+    tokenizer = model[0].tokenizer
+    dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
+    last = model[len(model) - 1]
+    pca = isinstance(last, Whitening) and last.kind == "pca"
+    matryoshka = tuple(getattr(model[0], "matryoshka_dims", None) or ())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        scheduler = BatchScheduler(model, max_queued_texts=limits.max_queued_texts)
+        state["scheduler"] = scheduler
+        await scheduler.aencode(["warm-up"], None)  # loads lazy parts and fills the prefix cache
+        state["ready"] = True
+        logger.info("serving %s (%d dimensions)", name, dimension)
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await asyncio.to_thread(scheduler.close)  # finishes what is queued
+
+    app = FastAPI(title="echo-embeddings", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def error(exc: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # noqa: ANN001, ANN202
+        if request.url.path != "/health" and api_key is not None:
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {api_key}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return error(RequestError("missing or wrong API key: send 'Authorization: Bearer <key>'", status=401, kind="authentication_error", code="invalid_api_key"))
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            return error(RequestError(f"the body has {length} bytes; at most {limits.max_body_bytes}", status=413, code="body_too_large"))
+        try:
+            return await call_next(request)
+        except Exception:  # never a stack trace in a response
+            logger.exception("unexpected error on %s", request.url.path)
+            return error(RequestError("internal error; the server log has the details", status=500, kind="server_error"))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ready = state["ready"]
+        return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "echo-embeddings"}]})
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        scheduler = state["scheduler"]
+        return PlainTextResponse(metrics.render(scheduler.snapshot()), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        try:
+            response, texts, tokens = await embed(request)
+        except RequestError as exc:
+            metrics.record(exc.status, time.perf_counter() - started)
+            headers = {"Retry-After": str(limits.retry_after_seconds)} if exc.status == 429 else None
+            return error(exc, headers)
+        metrics.record(200, time.perf_counter() - started, texts, tokens)
+        return JSONResponse(response)
+
+    async def embed(request: Request) -> tuple[dict[str, Any], int, int]:
+        body_bytes = await request.body()
+        if len(body_bytes) > limits.max_body_bytes:
+            raise RequestError(f"the body has {len(body_bytes)} bytes; at most {limits.max_body_bytes}", status=413, code="body_too_large")
+        try:
+            body = json.loads(body_bytes)
+        except ValueError:
+            raise RequestError("the body is not valid JSON") from None
+        parsed, texts = parse_request(body, max_inputs=limits.max_inputs, max_input_chars=limits.max_input_chars)
+        task = parsed.input_type
+        for suffix, suffix_task in MODEL_SUFFIXES.items():
+            if parsed.model and parsed.model.endswith(suffix):
+                if task is not None and task != suffix_task:
+                    raise RequestError(f"'model' ends in {suffix!r} but 'input_type' is {task!r}", param="input_type")
+                task = suffix_task
+        if parsed.dimensions is not None and parsed.dimensions != dimension:
+            if parsed.dimensions > dimension:
+                raise RequestError(f"'dimensions' {parsed.dimensions} is more than the model's {dimension}", param="dimensions")
+            if not pca and parsed.dimensions not in matryoshka:
+                why = (
+                    f"it was trained to work at {list(matryoshka)} only" if matryoshka
+                    else "only a model that ends in a PCA whitening, or one trained with a Matryoshka loss, keeps its strongest dimensions first"
+                )
+                raise RequestError(
+                    f"'dimensions' {parsed.dimensions}: this model's {dimension} dimensions cannot be cut there without losing quality ({why}); "
+                    "leave 'dimensions' out", param="dimensions",
+                )
+        scheduler: BatchScheduler = state["scheduler"]
+        if not state["ready"] or scheduler is None:
+            raise RequestError("the model is still loading; retry shortly", status=503, kind="server_error", code="not_ready")
+        try:
+            future = scheduler.submit(texts, task)
+        except QueueFullError as exc:
+            raise RequestError(str(exc), status=429, kind="rate_limit_error", code="queue_full") from None
+        except SchedulerClosedError:
+            raise RequestError("the server is shutting down", status=503, kind="server_error", code="shutting_down") from None
+        except ValueError as exc:  # more texts than the whole queue holds
+            raise RequestError(str(exc), param="input") from None
+        vectors = await _unless_disconnected(request, future)
+        if parsed.dimensions is not None:
+            vectors = vectors[:, : parsed.dimensions]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+        tokens = await asyncio.to_thread(lambda: sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]))
+        data = [
+            {"object": "embedding", "index": i, "embedding": base64.b64encode(v.tobytes()).decode() if parsed.encoding_format == "base64" else v.tolist()}
+            for i, v in enumerate(vectors)
+        ]
+        response = {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return response, len(texts), tokens
+
+    return app
+
+
+async def _unless_disconnected(request: Request, future: Any) -> np.ndarray:
+    """The future's vectors; if the client goes away first, the request is cancelled (dropped if it
+    has not started; a batch it is in finishes for the others)."""
+    result = asyncio.ensure_future(asyncio.wrap_future(future))
+    while True:
+        done, _ = await asyncio.wait({result}, timeout=0.25)
+        if done:
+            return result.result()
+        if await request.is_disconnected():
+            future.cancel()
+            result.cancel()
+            raise RequestError("the client disconnected", status=499, code="client_closed_request")
