@@ -32,6 +32,7 @@ CHARTS = {
     "late_chunking": (["SmolLM2-135M, 300 abstracts", "Gemma 3 270M, 200 abstracts"], True),
     "engine_speed": (["time vs (a)"], False),
     "serve_load": (["vs offline encode", "lock per call vs offline"], True),
+    "truncation_quality": (["STS-B dev", "SICK trial"], True),
 }
 NO_BOLD = {"serve_load", "engine_speed"}
 """Tables whose columns mix directions (rates and latencies): no best value is marked."""
