@@ -35,6 +35,16 @@ class Gated:
         return self.model.get_embedding_dimension()
 
 
+def held(model, **options):
+    """A scheduler whose worker is held inside its first run (of one text) until ``gated.gate.set()``."""
+    gated = Gated(model)
+    scheduler = BatchScheduler(gated, **options)
+    gated.gate.clear()
+    first = scheduler.submit(["held in the worker"])
+    assert gated.entered.wait(10)
+    return gated, scheduler, first
+
+
 def lone(model, texts, task=None, instruction=None):
     options = {"instruction": instruction} if instruction else {}
     return model.encode(texts, task=task, convert_to_numpy=True, **options)
@@ -42,11 +52,7 @@ def lone(model, texts, task=None, instruction=None):
 
 def test_threads_share_batches_and_get_their_own_vectors(make_model) -> None:
     model = make_model("echo")
-    gated = Gated(model)
-    scheduler = BatchScheduler(gated)
-    gated.gate.clear()
-    first = scheduler.submit(TEXTS[:1])  # holds the worker while the others queue up
-    assert gated.entered.wait(10)
+    gated, scheduler, first = held(model)  # the others queue up meanwhile
     jobs = [(TEXTS[i : i + 5], ("query", "document", None)[i % 3], "Find it" if i % 2 else None) for i in range(0, 40, 5)]
     with ThreadPoolExecutor(8) as pool:
         futures = list(pool.map(lambda job: scheduler.submit(job[0], job[1], instruction=job[2]), jobs))
@@ -89,11 +95,7 @@ def test_bad_input_fails_before_queueing_and_alone(make_model) -> None:
 
 
 def test_a_full_queue_refuses_or_waits(make_model) -> None:
-    gated = Gated(make_model("echo"))
-    scheduler = BatchScheduler(gated, max_queued_texts=4)
-    gated.gate.clear()
-    running = scheduler.submit(["held in the worker"])
-    assert gated.entered.wait(10)
+    gated, scheduler, running = held(make_model("echo"), max_queued_texts=4)
     queued = scheduler.submit(TEXTS[:4])
     with pytest.raises(QueueFullError, match="holds 4 texts and takes at most 4"):
         scheduler.submit(["one more"])
@@ -109,11 +111,7 @@ def test_a_full_queue_refuses_or_waits(make_model) -> None:
 
 
 def test_a_cancelled_request_is_dropped_and_the_others_run(make_model) -> None:
-    gated = Gated(make_model("echo"))
-    scheduler = BatchScheduler(gated)
-    gated.gate.clear()
-    scheduler.submit(["held"])
-    assert gated.entered.wait(10)
+    gated, scheduler, _ = held(make_model("echo"))
     gone, kept = scheduler.submit(TEXTS[:3]), scheduler.submit(TEXTS[3:5])
     assert gone.cancel()
     gated.gate.set()
@@ -147,11 +145,8 @@ def test_a_failing_run_fails_its_callers_and_the_worker_goes_on(make_model) -> N
 
 
 def test_close_finishes_the_queue_and_refuses_new_work(make_model) -> None:
-    gated = Gated(make_model("echo"))
-    scheduler = BatchScheduler(gated)
-    gated.gate.clear()
-    futures = [scheduler.submit([text]) for text in TEXTS[:5]]
-    assert gated.entered.wait(10)
+    gated, scheduler, first = held(make_model("echo"))
+    futures = [first, *(scheduler.submit([text]) for text in TEXTS[:4])]
     closer = threading.Thread(target=scheduler.close)
     closer.start()
     gated.gate.set()
