@@ -62,6 +62,7 @@ class Engine:
         self._prefixes = PrefixCache()
         self._layouts: dict[tuple[Template, str, bool], Layout] = {}
         self._entry: EntryPoint | None = None
+        self.pieces: PieceTokenizer | None = None
         if isinstance(strategy, Preset) and PRESETS.get(strategy.name) is not strategy:
             # An unregistered preset runs in this engine, but has no name a save could write.
             self._unregistered: Preset | None = strategy
@@ -108,7 +109,9 @@ class Engine:
             n = len(decoder_layers(self.model))
             if not 0 <= start <= stop <= n:
                 raise ValueError(f"tp_layers ({start}, {stop}) must satisfy 0 <= start <= stop <= {n} (the model's layers)")
-        pieces = PieceTokenizer(self.tokenizer, new.placeholder_token) if new.placeholder_token != self._settings.placeholder_token or not hasattr(self, "pieces") else self.pieces
+        pieces = self.pieces
+        if pieces is None or new.placeholder_token != self._settings.placeholder_token:
+            pieces = PieceTokenizer(self.tokenizer, new.placeholder_token)  # validates the placeholder
         if new.packing:
             why = fast_paths.why_no_packing(self.model, new.packing)
             if why:
