@@ -70,7 +70,7 @@ class Engine:
         else:
             self._unregistered = None
         self._settings = EmbedderSettings()
-        self._apply(EmbedderSettings(strategy=strategy, **settings), new_strategy=False)  # type: ignore[arg-type]
+        self._apply(EmbedderSettings(strategy=strategy, **settings), new_strategy=False, unregistered=self._unregistered)  # type: ignore[arg-type]
         self._warn_if_tp_is_off()
 
     # -- settings ---------------------------------------------------------------------------
@@ -83,20 +83,22 @@ class Engine:
         """Change settings: checked together against the model, applied only if all pass."""
         if "strategy" in changes and "pooling" not in changes:
             changes["pooling"] = None  # a new strategy brings its own pooling
-        if "strategy" in changes:
-            self._unregistered = None
         if "pooling" in changes and "strategy" not in changes and changes["pooling"] is not None:
             if changes["pooling"] == self.pooling:
                 return
             if self.preset.name in PRESETS:
                 raise ValueError(f"Strategy {self.preset.name!r} pools {self.pooling!r}; pooling can only be changed for a template string")
         before = self._settings
-        self._apply(dataclasses.replace(before, **changes), new_strategy="strategy" in changes and before.tp_layers is not None)
+        self._apply(
+            dataclasses.replace(before, **changes), new_strategy="strategy" in changes and before.tp_layers is not None,
+            unregistered=None if "strategy" in changes else self._unregistered,
+        )
         if "strategy" in changes:
             self._warn_if_tp_is_off()
 
-    def _apply(self, new: EmbedderSettings, new_strategy: bool) -> None:
-        preset = self._unregistered or as_preset(new.strategy, new.pooling)
+    def _apply(self, new: EmbedderSettings, new_strategy: bool, unregistered: Preset | None) -> None:
+        """Check ``new`` against the model and make it the settings; nothing changes if a check fails."""
+        preset = unregistered or as_preset(new.strategy, new.pooling)
         if new.tp_layers is not None and not preset.token_prepending:
             raise ValueError(
                 f"tp_layers are set, but strategy {preset.name!r} has no token prepending; "
@@ -116,7 +118,7 @@ class Engine:
             why = fast_paths.why_no_packing(self.model, new.packing)
             if why:
                 raise ValueError(f"packing=True, but {why}")
-        self._settings, self._preset, self.pieces = new, preset, pieces
+        self._settings, self._preset, self.pieces, self._unregistered = new, preset, pieces, unregistered
         self._layouts.clear()
 
     def resolved(self, name: str) -> Any:
