@@ -20,6 +20,7 @@ class Gated:
 
     def __init__(self, model) -> None:
         self.model = model
+        self.tokenizer = model.tokenizer
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -52,7 +53,7 @@ def lone(model, texts, task=None, instruction=None):
 
 def test_threads_share_batches_and_get_their_own_vectors(make_model) -> None:
     model = make_model("echo")
-    gated, scheduler, first = held(model)  # the others queue up meanwhile
+    gated, scheduler, first = held(model, max_tokens_per_run=100_000)  # the others queue up meanwhile
     jobs = [(TEXTS[i : i + 5], ("query", "document", None)[i % 3], "Find it" if i % 2 else None) for i in range(0, 40, 5)]
     with ThreadPoolExecutor(8) as pool:
         futures = list(pool.map(lambda job: scheduler.submit(job[0], job[1], instruction=job[2]), jobs))
@@ -161,3 +162,26 @@ def test_calls_run_on_the_worker_between_batches(make_model) -> None:
     assert scheduler.call(lambda: threading.current_thread().name).result(10) == "echo-embeddings-scheduler"
     scheduler.close()
 
+
+
+def test_a_run_is_about_one_batch_and_small_requests_go_first(make_model) -> None:
+    """Behind a busy worker: the next run takes the oldest request, then the small ones ahead of the
+    larger ones that came before them, and stops at its token budget; the rest wait their turn."""
+    model = make_model("echo")
+    question = "what is the sentence number?"
+    counts = BatchScheduler(model).count_tokens([question, *TEXTS[:16]])
+    assert counts == [len(ids) for ids in model.tokenizer([question, *TEXTS[:16]], add_special_tokens=False)["input_ids"]]
+    budget = sum(counts[1:5]) + counts[0]  # room for the oldest request and the query, not for two requests of four
+    assert budget < min(sum(counts[i : i + 8]) for i in range(1, 9, 4))
+    gated, scheduler, first = held(model, max_tokens_per_run=budget, small_request_texts=1)
+    documents = [scheduler.submit(TEXTS[i : i + 4], "document") for i in range(0, 16, 4)]
+    query = scheduler.submit([question], "query")
+    gated.gate.set()
+    results = [f.result(30) for f in (first, *documents, query)]
+    runs = gated.calls[1:]  # one encode call per (task, instruction) group of a run
+    assert runs[:2] == [4, 1]  # the oldest documents, then the query: not behind the other 12 texts
+    assert sum(runs) == 17 and len(runs) >= 4  # the budget split the documents into several runs
+    for i, vectors in zip(range(0, 16, 4), results[1:5]):
+        assert np.abs(vectors - lone(model, TEXTS[i : i + 4], "document")).max() < 1e-4
+    assert np.abs(results[5] - lone(model, [question], "query")).max() < 1e-4
+    scheduler.close()

@@ -2,13 +2,22 @@
 
 A :class:`BatchScheduler` owns one worker thread that is the only one to run its model. Callers
 (threads, asyncio tasks, the LangChain and LlamaIndex adapters, the HTTP server) submit texts and
-get a future. While the worker runs one batch, new requests queue up; when it is free it takes every
-queued request (up to ``max_texts_per_run`` texts), groups them by what the engine must run apart
-(the task's templates and the instruction), and runs each group as one ``model.encode`` call: the
-texts of all callers are sorted by token count together and cut into token-budget batches, with the
-prefix cache and packing as usual. Each caller then gets its own rows back, in its own order. A
-text's vector does not depend on the batch it shared (the engine's batch invariance), so a caller's
-vectors equal a lone ``model.encode`` of the same texts.
+get a future. While the worker runs, new requests queue up; each time it is free it takes a *run*
+of queued requests, groups them by what the engine must run apart (the task's templates and the
+instruction), and runs each group as one ``model.encode`` call: the texts of all its callers are
+sorted by token count together and cut into token-budget batches, with the prefix cache and packing
+as usual. Each caller then gets its own rows back, in its own order. A text's vector does not depend
+on the batch it shared (the engine's batch invariance), so a caller's vectors equal a lone
+``model.encode`` of the same texts.
+
+A run is about one engine batch (``max_tokens_per_run`` of the texts' own tokens), so a request
+that arrives while the worker is busy waits for about one batch, not for everything queued before
+it. Which requests make a run:
+
+1. the oldest queued request, always (nothing waits forever);
+2. then *small* requests (at most ``small_request_texts`` texts, such as a RAG query) in arrival
+   order, ahead of larger ones, so a one-sentence query is not stuck behind a flood of documents;
+3. then the other requests in arrival order, while the run has room.
 
 The queue is bounded in texts: a request that would overflow it fails at once with
 :class:`QueueFullError` (or, with ``wait=True``, waits for room). Inputs are checked before they
@@ -31,13 +40,14 @@ from typing import Any
 import numpy as np
 
 from .engine.inputs import Task, check_texts, normalize_task
-from .engine.settings import DEFAULT_BATCH_SIZE
+from .engine.settings import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
 
 DEFAULT_MAX_QUEUED_TEXTS = 16_384
 """Texts waiting at most (about 50 MB of text at 3 KB a text); past it requests are refused."""
 DEFAULT_MAX_TEXTS_PER_RUN = 1_024
-"""Texts the worker takes into one run at most, so that a flood of texts cannot hold back a query
-that arrives behind it for longer than one run."""
+"""Texts the worker takes into one run at most (the token budget usually stops a run first)."""
+DEFAULT_SMALL_REQUEST_TEXTS = 4
+"""Requests of at most this many texts go ahead of larger ones (queries are usually one text)."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RUN_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -89,6 +99,7 @@ class _Request:
     texts: list[str]
     task: Task | None
     instruction: str | None
+    tokens: int
     future: Future
     queued_at: float
 
@@ -108,6 +119,12 @@ class BatchScheduler:
         max_queued_texts: most texts waiting; a request that would pass it is refused
             (:class:`QueueFullError`) or, with ``wait=True``, waits for room.
         max_texts_per_run: most texts the worker merges into one run.
+        max_tokens_per_run: most tokens (the texts' own, counted with the model's tokenizer) in one
+            run, past the oldest request. None: half the engine's batch token budget
+            (``model[0].batch_token_budget``), about one batch once echo's template has repeated
+            each text; 1,024 for a model without an engine.
+        small_request_texts: requests of at most this many texts go ahead of larger ones (0: plain
+            arrival order).
         batch_size: the ``batch_size`` cap of each ``encode`` (the token budget decides below it).
     """
 
@@ -117,13 +134,19 @@ class BatchScheduler:
         *,
         max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS,
         max_texts_per_run: int = DEFAULT_MAX_TEXTS_PER_RUN,
+        max_tokens_per_run: int | None = None,
+        small_request_texts: int = DEFAULT_SMALL_REQUEST_TEXTS,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        if max_queued_texts < 1 or max_texts_per_run < 1:
-            raise ValueError("max_queued_texts and max_texts_per_run must be positive")
+        if max_tokens_per_run is None:
+            max_tokens_per_run = _engine_budget(model) // 2
+        if min(max_queued_texts, max_texts_per_run, max_tokens_per_run) < 1 or small_request_texts < 0:
+            raise ValueError("max_queued_texts, max_texts_per_run and max_tokens_per_run must be positive, small_request_texts not negative")
         self.model = model
         self.max_queued_texts = max_queued_texts
         self.max_texts_per_run = max_texts_per_run
+        self.max_tokens_per_run = max_tokens_per_run
+        self.small_request_texts = small_request_texts
         self.batch_size = batch_size
         self.stats = SchedulerStats()
         self._queue: deque[_Request | _Call] = deque()
@@ -139,11 +162,28 @@ class BatchScheduler:
         with self._condition:
             return self._queued_texts
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's own tokens in the model's tokenizer (no template, no special tokens): what a
+        run's size is counted in, and what the server reports as ``usage``. A model without a
+        tokenizer counts a token per four characters."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:
+            return [len(t) // 4 + 1 for t in texts]
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
     def submit(
-        self, texts: Sequence[str], task: str | None = None, *, instruction: str | None = None, wait: bool = False, timeout: float | None = None
+        self,
+        texts: Sequence[str],
+        task: str | None = None,
+        *,
+        instruction: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        tokens: Sequence[int] | None = None,
     ) -> Future:
         """Queue ``texts`` and return a future of their float32 vectors ``[len(texts), dim]``, in order.
 
+        ``tokens``: the texts' :meth:`count_tokens`, when the caller has counted them already.
         Raises at once, before queueing: ``TypeError`` for a non-string item (naming its index),
         ``ValueError`` for an unknown task or a request larger than the whole queue,
         :class:`QueueFullError` when the queue has no room (unless ``wait``; then after
@@ -159,7 +199,8 @@ class BatchScheduler:
             return future
         if len(texts) > self.max_queued_texts:
             raise ValueError(f"{len(texts)} texts in one request exceed the queue's {self.max_queued_texts}; send them in smaller requests")
-        request = _Request(texts, task, instruction, future, time.perf_counter())
+        counted = sum(self.count_tokens(texts) if tokens is None else tokens)
+        request = _Request(texts, task, instruction, counted, future, time.perf_counter())
         self._enqueue(request, len(texts), wait, timeout)
         return future
 
@@ -226,17 +267,27 @@ class BatchScheduler:
                 self._condition.wait()
             if isinstance(self._queue[0], _Call):
                 return [self._queue.popleft()]
-            taken: list[_Request | _Call] = []
-            count = 0
-            while self._queue and isinstance(self._queue[0], _Request):
-                size = len(self._queue[0].texts)  # type: ignore[union-attr]
-                if taken and count + size > self.max_texts_per_run:
+            waiting: list[_Request] = []  # the requests ahead of the first call (a call is not overtaken)
+            for item in self._queue:
+                if isinstance(item, _Call):
                     break
-                taken.append(self._queue.popleft())
-                count += size
-            self._queued_texts -= count
+                waiting.append(item)
+            oldest, rest = waiting[0], waiting[1:]
+            small = [r for r in rest if len(r.texts) <= self.small_request_texts]
+            large = [r for r in rest if len(r.texts) > self.small_request_texts]
+            taken = [oldest]
+            texts, tokens = len(oldest.texts), oldest.tokens
+            for request in small + large:
+                if texts + len(request.texts) > self.max_texts_per_run or tokens + request.tokens > self.max_tokens_per_run:
+                    continue  # a smaller one behind it may still fit
+                taken.append(request)
+                texts += len(request.texts)
+                tokens += request.tokens
+            chosen = {id(r) for r in taken}
+            self._queue = deque(item for item in self._queue if id(item) not in chosen)
+            self._queued_texts -= texts
             self._condition.notify_all()
-            return taken
+            return taken  # type: ignore[return-value]
 
     def _run(self) -> None:
         while (taken := self._take()) is not None:
@@ -310,6 +361,14 @@ class BatchScheduler:
     def _dimension(self) -> int:
         get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         return int(get())
+
+
+def _engine_budget(model: Any) -> int:
+    """The padded tokens of one engine batch of an echo model; 2,048 (the CPU default) otherwise."""
+    try:
+        return int(model[0].engine.batch_token_budget)
+    except (TypeError, IndexError, KeyError, AttributeError):
+        return DEFAULT_BATCH_TOKENS["cpu"]
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:

@@ -139,6 +139,12 @@ class Engine:
             return min(DEFAULT_MAX_SEQ_LENGTH, self.context_length or DEFAULT_MAX_SEQ_LENGTH)
         return getattr(self._settings, name)
 
+    @property
+    def batch_token_budget(self) -> int:
+        """Padded tokens a batch holds at most: ``max_batch_tokens``, or the device's default when it
+        is None (a saved model keeps None, so it gets the default of the device it runs on)."""
+        return self._settings.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
+
     def config(self) -> dict[str, Any]:
         """Every setting as it runs, JSON-ready: what a save writes."""
         config = {f.name: self.resolved(f.name) for f in dataclasses.fields(EmbedderSettings)}
@@ -334,9 +340,8 @@ class Engine:
         engine's collation and token budget; every surface uses it (the sentence-transformers model
         passes its whole module list as ``forward``)."""
         positive_int("batch_size", batch_size)
-        budget = self._settings.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
         return run_batches(
-            prepared, lambda items: self.collate(items, pooling), forward, batch_size=batch_size, max_tokens=budget,
+            prepared, lambda items: self.collate(items, pooling), forward, batch_size=batch_size, max_tokens=self.batch_token_budget,
             empty=lambda: torch.empty((0, self.hidden_size)), progress=progress,
         )
 

@@ -70,7 +70,6 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
     name = served_model_name or str(getattr(model[0], "source", None) or "echo-embeddings")
     state: dict[str, Any] = {"ready": False, "scheduler": None}
     metrics = ServerMetrics()
-    tokenizer = model[0].tokenizer
     dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
     last = model[len(model) - 1]
     pca = isinstance(last, Whitening) and last.kind == "pca"
@@ -166,8 +165,9 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
         scheduler: BatchScheduler = state["scheduler"]
         if not state["ready"] or scheduler is None:
             raise RequestError("the model is still loading; retry shortly", status=503, kind="server_error", code="not_ready")
+        counts = await asyncio.to_thread(scheduler.count_tokens, texts)  # the run's size and the usage
         try:
-            future = scheduler.submit(texts, task)
+            future = scheduler.submit(texts, task, tokens=counts)
         except QueueFullError as exc:
             raise RequestError(str(exc), status=429, kind="rate_limit_error", code="queue_full") from None
         except SchedulerClosedError:
@@ -179,7 +179,7 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
             vectors = vectors[:, : parsed.dimensions]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
-        tokens = await asyncio.to_thread(lambda: sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]))
+        tokens = sum(counts)
         data = [
             {"object": "embedding", "index": i, "embedding": base64.b64encode(v.tobytes()).decode() if parsed.encoding_format == "base64" else v.tolist()}
             for i, v in enumerate(vectors)
