@@ -25,9 +25,12 @@ class Gated:
         self.gate.set()
         self.entered = threading.Event()
         self.calls: list[int] = []
+        self.during: dict[int, object] = {}  # call number -> what to do inside that call
 
     def encode(self, texts, **options):
         self.calls.append(len(texts))
+        if len(self.calls) in self.during:
+            self.during[len(self.calls)]()
         self.entered.set()
         self.gate.wait(30)
         return self.model.encode(texts, **options)
@@ -36,12 +39,12 @@ class Gated:
         return self.model.get_embedding_dimension()
 
 
-def held(model, **options):
-    """A scheduler whose worker is held inside its first run (of one text) until ``gated.gate.set()``."""
+def held(model, first_texts=("held in the worker",), **options):
+    """A scheduler whose worker is held inside its first run until ``gated.gate.set()``."""
     gated = Gated(model)
     scheduler = BatchScheduler(gated, **options)
     gated.gate.clear()
-    first = scheduler.submit(["held in the worker"])
+    first = scheduler.submit(list(first_texts))
     assert gated.entered.wait(10)
     return gated, scheduler, first
 
@@ -164,24 +167,27 @@ def test_calls_run_on_the_worker_between_batches(make_model) -> None:
 
 
 
-def test_a_run_is_about_one_batch_and_small_requests_go_first(make_model) -> None:
-    """Behind a busy worker: the next run takes the oldest request, then the small ones ahead of the
-    larger ones that came before them, and stops at its token budget; the rest wait their turn."""
+def test_a_run_is_about_one_batch_and_small_requests_get_their_own_runs(make_model) -> None:
+    """Behind a busy worker: a query waits for one short run of small requests, not behind the
+    documents queued before it; the documents then go in arrival order, as many a run as the token
+    budget allows, and runs of small requests alternate with them."""
     model = make_model("echo")
     question = "what is the sentence number?"
     counts = BatchScheduler(model).count_tokens([question, *TEXTS[:16]])
     assert counts == [len(ids) for ids in model.tokenizer([question, *TEXTS[:16]], add_special_tokens=False)["input_ids"]]
-    budget = sum(counts[1:5]) + counts[0]  # room for the oldest request and the query, not for two requests of four
+    budget = sum(counts[1:5]) + counts[0]  # room for a request of four, not for two
     assert budget < min(sum(counts[i : i + 8]) for i in range(1, 9, 4))
-    gated, scheduler, first = held(model, max_tokens_per_run=budget, small_request_texts=1)
+    gated, scheduler, first = held(model, TEXTS[30:32], max_tokens_per_run=budget, small_request_texts=1)
     documents = [scheduler.submit(TEXTS[i : i + 4], "document") for i in range(0, 16, 4)]
     query = scheduler.submit([question], "query")
+    later: list = []
+    gated.during[2] = lambda: later.append(scheduler.submit(["and the next one?"], "query"))  # while the query runs
     gated.gate.set()
-    results = [f.result(30) for f in (first, *documents, query)]
-    runs = gated.calls[1:]  # one encode call per (task, instruction) group of a run
-    assert runs[:2] == [4, 1]  # the oldest documents, then the query: not behind the other 12 texts
-    assert sum(runs) == 17 and len(runs) >= 4  # the budget split the documents into several runs
+    results = [f.result(30) for f in (first, *documents, query)] + [later[0].result(30)]
+    # runs after the held one: the query alone, one request of documents, the second query, then the rest
+    assert gated.calls[1:] == [1, 4, 1, 4, 4, 4]
     for i, vectors in zip(range(0, 16, 4), results[1:5]):
         assert np.abs(vectors - lone(model, TEXTS[i : i + 4], "document")).max() < 1e-4
     assert np.abs(results[5] - lone(model, [question], "query")).max() < 1e-4
+    assert np.abs(results[6] - lone(model, ["and the next one?"], "query")).max() < 1e-4
     scheduler.close()

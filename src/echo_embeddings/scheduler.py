@@ -3,21 +3,25 @@
 A :class:`BatchScheduler` owns one worker thread that is the only one to run its model. Callers
 (threads, asyncio tasks, the LangChain and LlamaIndex adapters, the HTTP server) submit texts and
 get a future. While the worker runs, new requests queue up; each time it is free it takes a *run*
-of queued requests, groups them by what the engine must run apart (the task's templates and the
-instruction), and runs each group as one ``model.encode`` call: the texts of all its callers are
-sorted by token count together and cut into token-budget batches, with the prefix cache and packing
-as usual. Each caller then gets its own rows back, in its own order. A text's vector does not depend
+of queued requests and makes one ``model.encode`` call of all their texts: they are sorted by
+token count together and cut into token-budget batches, with the prefix cache and packing as
+usual. Each caller then gets its own rows back, in its own order. A text's vector does not depend
 on the batch it shared (the engine's batch invariance), so a caller's vectors equal a lone
 ``model.encode`` of the same texts.
 
-A run is about one engine batch (``max_tokens_per_run`` of the texts' own tokens), so a request
-that arrives while the worker is busy waits for about one batch, not for everything queued before
-it. Which requests make a run:
+A run is one ``model.encode`` call of about ``max_tokens_per_run`` of the texts' own tokens, for
+requests that share a task and an instruction (the engine runs one template set a call), so a
+request that arrives while the worker is busy waits for one short run, not for everything queued
+before it. Runs alternate between two kinds when *small* requests (at most
+``small_request_texts`` texts, one by default: a RAG query) are waiting:
 
-1. the oldest queued request, always (nothing waits forever);
-2. then *small* requests (at most ``small_request_texts`` texts, such as a RAG query) in arrival
-   order, ahead of larger ones, so a one-sentence query is not stuck behind a flood of documents;
-3. then the other requests in arrival order, while the run has room.
+1. a run of small requests alone (half the token budget at most), in arrival order: short, so a
+   one-sentence query waits for at most the run in progress and this one;
+2. then a run in plain arrival order from the oldest request, small or not, so large requests
+   get at least every other run and nothing waits forever.
+
+The budget trades latency for throughput: a longer run amortises the per-call cost but holds a
+query back longer. ``benchmarks/serve_load.py`` measures both at two budgets.
 
 The queue is bounded in texts: a request that would overflow it fails at once with
 :class:`QueueFullError` (or, with ``wait=True``, waits for room). Inputs are checked before they
@@ -46,8 +50,8 @@ DEFAULT_MAX_QUEUED_TEXTS = 16_384
 """Texts waiting at most (about 50 MB of text at 3 KB a text); past it requests are refused."""
 DEFAULT_MAX_TEXTS_PER_RUN = 1_024
 """Texts the worker takes into one run at most (the token budget usually stops a run first)."""
-DEFAULT_SMALL_REQUEST_TEXTS = 4
-"""Requests of at most this many texts go ahead of larger ones (queries are usually one text)."""
+DEFAULT_SMALL_REQUEST_TEXTS = 1
+"""Requests of at most this many texts get runs of their own (a RAG query is one text)."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RUN_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -120,11 +124,11 @@ class BatchScheduler:
             (:class:`QueueFullError`) or, with ``wait=True``, waits for room.
         max_texts_per_run: most texts the worker merges into one run.
         max_tokens_per_run: most tokens (the texts' own, counted with the model's tokenizer) in one
-            run, past the oldest request. None: half the engine's batch token budget
-            (``model[0].batch_token_budget``), about one batch once echo's template has repeated
-            each text; 1,024 for a model without an engine.
-        small_request_texts: requests of at most this many texts go ahead of larger ones (0: plain
-            arrival order).
+            run; its first request always goes. None: an eighth of the engine's batch token budget
+            (``model[0].engine.batch_token_budget``): 256 on a CPU (about a second of SmolLM2 echo
+            on 2 cores), 4,096 on a GPU; 256 for a model without an engine.
+        small_request_texts: requests of at most this many texts get runs of their own, every
+            other run while they wait (0: plain arrival order).
         batch_size: the ``batch_size`` cap of each ``encode`` (the token budget decides below it).
     """
 
@@ -139,7 +143,7 @@ class BatchScheduler:
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         if max_tokens_per_run is None:
-            max_tokens_per_run = _engine_budget(model) // 2
+            max_tokens_per_run = _engine_budget(model) // 8
         if min(max_queued_texts, max_texts_per_run, max_tokens_per_run) < 1 or small_request_texts < 0:
             raise ValueError("max_queued_texts, max_texts_per_run and max_tokens_per_run must be positive, small_request_texts not negative")
         self.model = model
@@ -151,6 +155,7 @@ class BatchScheduler:
         self.stats = SchedulerStats()
         self._queue: deque[_Request | _Call] = deque()
         self._queued_texts = 0
+        self._small_turn = False  # whether the last run was one of small requests only
         self._closed = False
         self._condition = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -272,14 +277,19 @@ class BatchScheduler:
                 if isinstance(item, _Call):
                     break
                 waiting.append(item)
-            oldest, rest = waiting[0], waiting[1:]
-            small = [r for r in rest if len(r.texts) <= self.small_request_texts]
-            large = [r for r in rest if len(r.texts) > self.small_request_texts]
-            taken = [oldest]
-            texts, tokens = len(oldest.texts), oldest.tokens
-            for request in small + large:
-                if texts + len(request.texts) > self.max_texts_per_run or tokens + request.tokens > self.max_tokens_per_run:
-                    continue  # a smaller one behind it may still fit
+            small = [r for r in waiting if len(r.texts) <= self.small_request_texts]
+            self._small_turn = bool(small) and not self._small_turn
+            candidates = small if self._small_turn else waiting
+            group = (candidates[0].task, candidates[0].instruction)  # one encode call a run: the first one's templates
+            budget = self.max_tokens_per_run // 2 if self._small_turn else self.max_tokens_per_run  # small runs stay short
+            taken: list[_Request] = []
+            texts = tokens = 0
+            for request in candidates:
+                if (request.task, request.instruction) != group:
+                    continue
+                fits = texts + len(request.texts) <= self.max_texts_per_run and tokens + request.tokens <= budget
+                if taken and not fits:
+                    continue  # a smaller one behind it may still fit; the first always goes
                 taken.append(request)
                 texts += len(request.texts)
                 tokens += request.tokens
@@ -302,11 +312,8 @@ class BatchScheduler:
             live = [r for r in taken if r.future.set_running_or_notify_cancel()]  # type: ignore[union-attr]
             with self._condition:
                 self.stats.cancelled += len(taken) - len(live)
-            groups: dict[tuple[Task | None, str | None], list[_Request]] = {}
-            for request in live:
-                groups.setdefault((request.task, request.instruction), []).append(request)  # type: ignore[arg-type]
-            for (task, instruction), requests in groups.items():
-                self._run_group(task, instruction, requests)
+            if live:
+                self._run_group(live[0].task, live[0].instruction, live)  # type: ignore[union-attr, arg-type]
 
     def _run_group(self, task: Task | None, instruction: str | None, requests: list[_Request]) -> None:
         texts = [t for r in requests for t in r.texts]

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..data import DataError
 from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS
-from .common import load_model
+from .common import add_device, load_model
 
 API_KEY_VARIABLE = "ECHO_EMBEDDINGS_API_KEY"
 
@@ -26,14 +26,18 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("model", nargs="?", default=None, help="alias, id, folder, .gguf or saved echo model (default: the embedded smollm2-135m)")
     serve.add_argument("--strategy", default=None, help="preset or template (default: echo, or a saved model's own)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 exposes it to the network)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}, else no key)")
     serve.add_argument("--served-model-name", default=None, help="the name /v1/models lists (default: the model's source)")
     serve.add_argument("--max-inputs", type=int, default=2048, help="items per request (default: %(default)s)")
     serve.add_argument("--max-input-chars", type=int, default=32_768, help="characters per item (default: %(default)s)")
     serve.add_argument("--max-queued-texts", type=int, default=DEFAULT_MAX_QUEUED_TEXTS, help="texts waiting before 429 (default: %(default)s)")
-    serve.add_argument("--device", default=None)
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--max-run-tokens", type=int, default=None, metavar="N",
+        help="tokens merged into one model call: higher is more throughput and slower queries under load (default: 256 on CPU, 4096 on GPU)",
+    )
+    add_device(serve)
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -41,10 +45,12 @@ def run(args: argparse.Namespace) -> None:
         from ..server import ServerLimits, create_app, serve
     except ImportError:
         raise DataError('serving needs FastAPI and uvicorn: pip install "echo-embeddings[serve]"') from None
-    for flag in ("max_inputs", "max_input_chars", "max_queued_texts", "port"):
-        if getattr(args, flag) < 1:
+    for flag in ("max_inputs", "max_input_chars", "max_queued_texts", "port", "max_run_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise DataError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     model = load_model(args.model, args.strategy, args.device)
-    limits = ServerLimits(max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_queued_texts=args.max_queued_texts)
+    limits = ServerLimits(
+        max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_queued_texts=args.max_queued_texts, max_run_tokens=args.max_run_tokens,
+    )
     app = create_app(model, served_model_name=args.served_model_name, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None, limits=limits)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)

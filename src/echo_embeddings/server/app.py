@@ -31,7 +31,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from ..models.whitening import Whitening
+from ..models.dimensions import truncation_note
 from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS, BatchScheduler, QueueFullError, SchedulerClosedError
 from .metrics import ServerMetrics
 from .schemas import MODEL_SUFFIXES, RequestError, parse_request
@@ -53,6 +53,9 @@ class ServerLimits:
     """Texts waiting for the model across all requests (429 past it)."""
     retry_after_seconds: int = 1
     """What a 429 tells the client to wait."""
+    max_run_tokens: int | None = None
+    """Tokens the scheduler puts into one model call (:class:`~echo_embeddings.scheduler.BatchScheduler`'s
+    ``max_tokens_per_run``): more is more throughput and longer query latency. None: its default."""
 
 
 def create_app(model: Any, *, served_model_name: str | None = None, api_key: str | None = None, limits: ServerLimits | None = None) -> FastAPI:
@@ -71,13 +74,10 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
     state: dict[str, Any] = {"ready": False, "scheduler": None}
     metrics = ServerMetrics()
     dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
-    last = model[len(model) - 1]
-    pca = isinstance(last, Whitening) and last.kind == "pca"
-    matryoshka = tuple(getattr(model[0], "matryoshka_dims", None) or ())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        scheduler = BatchScheduler(model, max_queued_texts=limits.max_queued_texts)
+        scheduler = BatchScheduler(model, max_queued_texts=limits.max_queued_texts, max_tokens_per_run=limits.max_run_tokens)
         state["scheduler"] = scheduler
         await scheduler.aencode(["warm-up"], None)  # loads lazy parts and fills the prefix cache
         state["ready"] = True
@@ -153,15 +153,9 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
         if parsed.dimensions is not None and parsed.dimensions != dimension:
             if parsed.dimensions > dimension:
                 raise RequestError(f"'dimensions' {parsed.dimensions} is more than the model's {dimension}", param="dimensions")
-            if not pca and parsed.dimensions not in matryoshka:
-                why = (
-                    f"it was trained to work at {list(matryoshka)} only" if matryoshka
-                    else "only a model that ends in a PCA whitening, or one trained with a Matryoshka loss, keeps its strongest dimensions first"
-                )
-                raise RequestError(
-                    f"'dimensions' {parsed.dimensions}: this model's {dimension} dimensions cannot be cut there without losing quality ({why}); "
-                    "leave 'dimensions' out", param="dimensions",
-                )
+            note = truncation_note(model, parsed.dimensions)
+            if note:
+                raise RequestError(f"'dimensions' {parsed.dimensions}: {note}; leave 'dimensions' out", param="dimensions")
         scheduler: BatchScheduler = state["scheduler"]
         if not state["ready"] or scheduler is None:
             raise RequestError("the model is still loading; retry shortly", status=503, kind="server_error", code="not_ready")
