@@ -194,3 +194,17 @@ def test_a_used_output_folder_is_refused_unless_overwritten(local_ray, tiny_fold
     # A corpus without rows writes nothing and says so.
     (tmp_path / "blank.txt").write_text("", encoding="utf-8")
     assert embed_corpus([tmp_path / "blank.txt"], tmp_path / "none", model=tiny_folder, strategy="echo", device="cpu") == 0
+
+
+def test_batches_truncate_and_quantize_with_one_scale(tiny_folder: str) -> None:
+    texts = ["A man is playing a guitar.", "Dogs run in the park.", "Stocks fell sharply.", "Rain again."]
+    model = echo_embeddings.load(tiny_folder, "echo", device="cpu")
+    full = model.encode(texts, truncate_dim=8, normalize_embeddings=True)
+    ranges = echo_embeddings.calibration_ranges(full)
+    embed = EchoEmbedBatches(tiny_folder, "echo", truncate_dim=8, normalize=True, precision="int8", precision_ranges=ranges, device="cpu")
+    halves = [embed({"text": np.array(texts[i : i + 2], dtype=object)})["embedding"] for i in (0, 2)]
+    together = embed({"text": np.array(texts, dtype=object)})["embedding"]
+    assert together.dtype == np.int8 and together.shape == (4, 8)
+    assert (np.vstack(halves) == together).all()  # a batch does not calibrate its own scale
+    with pytest.raises(ValueError, match="needs ranges"):
+        EchoEmbedBatches(tiny_folder, precision="uint8")

@@ -98,7 +98,7 @@ def test_base64_and_query_document_templates(client: TestClient, model) -> None:
         ({"input": ["x" * 50]}, "input[0]", "50 characters; at most 40"),
         ({"input": ["a"] * 9}, "input", "9 items; at most 8"),
         ({"input": ["a"], "encoding_format": "int8"}, "encoding_format", "invalid field"),
-        ({"input": ["a"], "dimensions": 16}, "dimensions", "cannot be cut there without losing quality"),
+        ({"input": ["a"], "dimensions": 16}, "dimensions", "cannot be cut to 16 without losing quality"),
         ({"model": "tiny-echo"}, "input", "'input' is required"),
     ],
 )

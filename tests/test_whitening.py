@@ -60,6 +60,7 @@ def test_default_fit_uses_the_template_encode_uses(model) -> None:
 
 
 def test_saved_with_the_model_and_applied_by_every_surface(model, tmp_path) -> None:
+    from echo_embeddings import OutputFormat
     from echo_embeddings.adapter_cache import shared_model
 
     fit_whitening(model, CORPUS, dim=8)
@@ -71,7 +72,7 @@ def test_saved_with_the_model_and_applied_by_every_surface(model, tmp_path) -> N
     assert np.allclose(again.encode(TEXTS), expected, atol=1e-5)
     assert np.allclose(np.concatenate(list(again.stream(TEXTS, chunk_size=2))), expected, atol=1e-5)
     adapters = shared_model(str(tmp_path / "white"), device="cpu")
-    assert np.allclose(adapters.encode(TEXTS, "query", normalize=False), again.encode_query(TEXTS), atol=1e-5)
+    assert np.allclose(adapters.encode(TEXTS, "query", output=OutputFormat()), again.encode_query(TEXTS), atol=1e-5)
 
 
 def test_refit_replaces_and_works_after_other_modules(tmp_path) -> None:

@@ -20,9 +20,11 @@ from typing import Any
 from .api import load
 from .engine.settings import DEFAULT_BATCH_SIZE
 from .late_chunking import Chunk
+from .output_format import OutputFormat
 from .models.sentence_transformer import EchoSentenceTransformer
 from .scheduler import BatchScheduler
 
+UNIT_LENGTH = OutputFormat(normalize=True)
 _CACHE: dict[str, SharedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -44,28 +46,30 @@ class SharedModel:
         *,
         instruction: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        normalize: bool = True,
+        output: OutputFormat = UNIT_LENGTH,
         show_progress: bool = False,
     ) -> list[list[float]]:
-        """Vectors as lists of Python floats, in input order, through the shared batches. With a
-        progress bar or a batch size of its own, the call runs alone on the scheduler's worker."""
+        """Vectors as lists of Python numbers in ``output``'s format, in input order, through the
+        shared batches. With a progress bar or a batch size of its own, the call runs alone on the
+        scheduler's worker."""
         if show_progress or batch_size != self.scheduler.batch_size:
             options: dict[str, Any] = {"instruction": instruction} if instruction else {}
             vectors = self.scheduler.call(
                 lambda: self.model.encode(
-                    list(texts), task=task, batch_size=batch_size, normalize_embeddings=normalize,
-                    show_progress_bar=show_progress, convert_to_numpy=True, **options,
+                    list(texts), task=task, batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True, **options,
                 )
             ).result()
-            return vectors.tolist()
+            return output.as_lists(vectors)
         # An empty instruction, like None, keeps the model's own (the adapters' fields default to it).
-        return self.scheduler.encode(texts, task, instruction=instruction or None, normalize=normalize).tolist()
+        return output.as_lists(self.scheduler.encode(texts, task, instruction=instruction or None))
 
-    async def aencode(self, texts: Sequence[str], task: str | None, *, instruction: str | None = None, normalize: bool = True) -> list[list[float]]:
+    async def aencode(
+        self, texts: Sequence[str], task: str | None, *, instruction: str | None = None, output: OutputFormat = UNIT_LENGTH
+    ) -> list[list[float]]:
         """:meth:`encode` for asyncio: the event loop stays free while the batch runs, and waits for
         room when the scheduler's queue is full."""
-        vectors = await self.scheduler.aencode(texts, task, instruction=instruction or None, normalize=normalize, wait=True)
-        return vectors.tolist()
+        vectors = await self.scheduler.aencode(texts, task, instruction=instruction or None, wait=True)
+        return output.as_lists(vectors)
 
     def encode_chunks(self, documents: Sequence[str], chunk_spans: Any = None, **options: Any) -> list[list[Chunk]]:
         """Each document's chunks with their vectors (``EchoSentenceTransformer.encode_chunks``),

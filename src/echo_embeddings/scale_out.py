@@ -37,9 +37,10 @@ import numpy as np
 
 from .api import load
 from .data import table_records
+from .engine.aliases import DEFAULT_MODEL
 from .engine.inputs import normalize_task
-from .engine.loading import DEFAULT_MODEL
 from .engine.settings import DEFAULT_BATCH_SIZE
+from .output_format import OutputFormat
 
 SUFFIXES = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 READ_CPUS = 0
@@ -77,13 +78,19 @@ class EchoEmbedBatches:
             position in the batch.
         embedding_column: the column the vectors are written to.
         normalize: unit-length vectors.
+        truncate_dim: keep the first N dimensions (before normalising; quality holds only for a
+            PCA-whitened or Matryoshka-trained model).
+        precision: ``float32``, ``int8``, ``uint8``, ``binary`` or ``ubinary``
+            (:class:`~echo_embeddings.output_format.OutputFormat`).
+        precision_ranges: for int8 / uint8, each dimension's ``[minimums, maximums]``, the same
+            in every actor (a batch must not calibrate its own scale).
         batch_size: most texts per forward inside the actor; the token budget usually decides.
         device: where to load the model.
         **options: :class:`~echo_embeddings.EchoEmbedder` settings (``output_layer``,
             ``max_seq_length``, ``max_batch_tokens``, ...).
 
     ``__call__`` takes a batch (a dict of numpy arrays, Ray's ``numpy`` batch format) and returns
-    it with ``embedding_column`` added: float32 ``[rows, dim]``, one row per input row.
+    it with ``embedding_column`` added: ``[rows, dim]`` in ``precision``, one row per input row.
     """
 
     def __init__(
@@ -96,14 +103,18 @@ class EchoEmbedBatches:
         id_column: str = "id",
         embedding_column: str = "embedding",
         normalize: bool = False,
+        truncate_dim: int | None = None,
+        precision: str = "float32",
+        precision_ranges: Any = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | None = None,
         **options: Any,
     ) -> None:
         task = normalize_task(task)
+        self.output = OutputFormat(truncate_dim, normalize, precision, precision_ranges)  # checked before the weights load
         self.model = load(model or DEFAULT_MODEL, strategy, device=device, **options)
         self.task, self.text_column, self.id_column, self.embedding_column = task, text_column, id_column, embedding_column
-        self.normalize, self.batch_size = normalize, batch_size
+        self.batch_size = batch_size
 
     def texts(self, batch: dict[str, np.ndarray]) -> list[str]:
         """The batch's texts, checked: a missing column or a non-string value names the row id."""
@@ -124,10 +135,8 @@ class EchoEmbedBatches:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = self.texts(batch)
         options = {"task": self.task} if self.task else {}
-        vectors = self.model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=self.normalize, convert_to_numpy=True, **options
-        )
-        return {**batch, self.embedding_column: np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)}
+        vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, **options)
+        return {**batch, self.embedding_column: self.output.apply(np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1))}
 
 
 # -- reading files inside Ray tasks ----------------------------------------------------------

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
-
+import warnings
 from collections.abc import Sequence
+from typing import Any, Literal
 
 from echo_embeddings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
 from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
+from echo_embeddings.models.dimensions import truncation_note
+from echo_embeddings.output_format import OutputFormat
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
 class EchoEmbeddings(BaseModel, Embeddings):
@@ -41,6 +43,15 @@ class EchoEmbeddings(BaseModel, Embeddings):
     usually decides."""
     normalize: bool = True
     """Return unit-length vectors, so dot product equals cosine similarity."""
+    truncate_dim: int | None = None
+    """Keep the first N dimensions (before normalising). Quality holds only for a model that ends
+    in PCA whitening or was trained with a Matryoshka loss; otherwise a warning says so."""
+    precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] = "float32"
+    """As sentence-transformers' ``encode(precision=...)``: int8 / uint8 need ``precision_ranges``;
+    binary / ubinary keep each dimension's sign, 8 dimensions a byte."""
+    precision_ranges: list[list[float]] | None = None
+    """For int8 / uint8: each dimension's ``[minimums, maximums]`` over a sample of the corpus
+    (``echo_embeddings.calibration_ranges``), the same for every call."""
     show_progress: bool = False
     """Show a progress bar while embedding documents."""
     query_instruction: str | None = None
@@ -49,20 +60,34 @@ class EchoEmbeddings(BaseModel, Embeddings):
     """Extra core options: ``output_layer``, ``tp_layers``, ``max_seq_length``, ``dtype`` ..."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    _output: OutputFormat = PrivateAttr()
+    _checked_truncation: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _check_output(self) -> EchoEmbeddings:
+        """Truncation and precision are checked when the object is made, not at the first call."""
+        self._output = OutputFormat(self.truncate_dim, self.normalize, self.precision, self.precision_ranges)
+        return self
 
     def _encoder(self) -> SharedModel:
         # Loads lazily, once per configuration per process (shared across instances).
-        return shared_model(self.model, self.strategy, self.device, **self.model_kwargs)
+        shared = shared_model(self.model, self.strategy, self.device, **self.model_kwargs)
+        if self.truncate_dim is not None and not self._checked_truncation:
+            self._checked_truncation = True
+            note = truncation_note(shared.model, self.truncate_dim)
+            if note:
+                warnings.warn(f"truncate_dim={self.truncate_dim}: {note}", stacklevel=3)
+        return shared
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents with the strategy's document template; the texts are not altered."""
         if not texts:
             return []
-        return self._encoder().encode(texts, "document", batch_size=self.batch_size, normalize=self.normalize, show_progress=self.show_progress)
+        return self._encoder().encode(texts, "document", batch_size=self.batch_size, output=self._output, show_progress=self.show_progress)
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query with the strategy's query template."""
-        return self._encoder().encode([text], "query", instruction=self.query_instruction, normalize=self.normalize)[0]
+        return self._encoder().encode([text], "query", instruction=self.query_instruction, output=self._output)[0]
 
     def late_chunks(
         self,
@@ -87,8 +112,8 @@ class EchoEmbeddings(BaseModel, Embeddings):
             return []
         if self.show_progress or self.batch_size != DEFAULT_BATCH_SIZE:
             return await asyncio.to_thread(self.embed_documents, texts)  # a call of its own, with its progress bar or batch size
-        return await self._encoder().aencode(texts, "document", normalize=self.normalize)
+        return await self._encoder().aencode(texts, "document", output=self._output)
 
     async def aembed_query(self, text: str) -> list[float]:
         """Like :meth:`aembed_documents`, with the query template."""
-        return (await self._encoder().aencode([text], "query", instruction=self.query_instruction, normalize=self.normalize))[0]
+        return (await self._encoder().aencode([text], "query", instruction=self.query_instruction, output=self._output))[0]

@@ -123,3 +123,22 @@ def test_a_saved_lora_adapter_loads_onto_its_base(tmp_path) -> None:
     folder = str(save_lora_model(tmp_path))
     adapter = EchoEmbeddings(model=folder, device="cpu")
     assert_same_as_the_saved_model(folder, adapter.embed_documents, adapter.embed_query)
+
+
+def test_truncation_and_precision_match_sentence_transformers(tiny_folder: str) -> None:
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    texts = ["A man is playing a guitar.", "Dogs run in the park.", "Stocks fell sharply."]
+    core = echo_embeddings.load(tiny_folder, "echo", device="cpu")
+    full = core.encode_document(texts, truncate_dim=8, normalize_embeddings=True)
+    with pytest.warns(UserWarning, match="truncate_dim=8: this model's 32 dimensions cannot be cut to 8"):
+        short = EchoEmbeddings(model=tiny_folder, strategy="echo", device="cpu", truncate_dim=8).embed_documents(texts)
+    assert abs(torch.tensor(short) - torch.from_numpy(full)).max() <= 1e-5
+    packed = EchoEmbeddings(model=tiny_folder, strategy="echo", device="cpu", precision="ubinary").embed_documents(texts)
+    assert packed == quantize_embeddings(core.encode_document(texts, normalize_embeddings=True), "ubinary").tolist()
+    ranges = echo_embeddings.calibration_ranges(core.encode_document(texts, normalize_embeddings=True))
+    int8 = EchoEmbeddings(model=tiny_folder, strategy="echo", device="cpu", precision="int8", precision_ranges=ranges)
+    assert asyncio.run(int8.aembed_documents(texts)) == int8.embed_documents(texts)
+    assert all(-128 <= v <= 127 and float(v).is_integer() for row in int8.embed_documents(texts) for v in row)
+    with pytest.raises(ValueError, match="int8' needs ranges"):
+        EchoEmbeddings(model=tiny_folder, precision="int8")  # refused when made, before any weights load

@@ -139,3 +139,18 @@ def test_a_saved_lora_adapter_loads_onto_its_base(tmp_path) -> None:
     folder = str(save_lora_model(tmp_path))
     adapter = EchoEmbedding(model_name=folder, device="cpu")
     assert_same_as_the_saved_model(folder, adapter.get_text_embedding_batch, adapter.get_query_embedding)
+
+
+def test_truncation_and_precision_fields(tiny_folder: str) -> None:
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    texts = ["A man is playing a guitar.", "Dogs run in the park."]
+    core = echo_embeddings.load(tiny_folder, "echo", device="cpu")
+    with pytest.warns(UserWarning, match="cannot be cut to 8"):
+        short = EchoEmbedding(model_name=tiny_folder, strategy="echo", device="cpu", truncate_dim=8).get_text_embedding_batch(texts)
+    expected = core.encode_document(texts, truncate_dim=8, normalize_embeddings=True)
+    assert max(abs(a - b) for row, want in zip(short, expected) for a, b in zip(row, want)) <= 1e-5
+    binary = EchoEmbedding(model_name=tiny_folder, strategy="echo", device="cpu", precision="binary").get_text_embedding_batch(texts)
+    assert binary == quantize_embeddings(core.encode_document(texts, normalize_embeddings=True), "binary").tolist()
+    with pytest.raises(ValueError, match="needs ranges"):
+        EchoEmbedding(model_name=tiny_folder, precision="uint8")

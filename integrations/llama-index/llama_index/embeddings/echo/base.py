@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from echo_embeddings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
 from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
+from echo_embeddings.models.dimensions import truncation_note
+from echo_embeddings.output_format import OutputFormat
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.schema import BaseNode
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 LATE_CHUNK_KEY = "echo_chunking"
 """Node metadata set by ``EchoLateChunkNodeParser``: the node's embedding is a late-chunked vector."""
@@ -39,9 +41,28 @@ class EchoEmbedding(BaseEmbedding):
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, description="Texts handed to the core per call; it sorts them by length.")
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0, description="Most texts per forward pass inside the core; its token budget usually decides.")
     normalize: bool = Field(default=True, description="Return unit-length vectors.")
+    truncate_dim: int | None = Field(
+        default=None, gt=0,
+        description="Keep the first N dimensions (before normalising); quality holds only for a PCA-whitened or Matryoshka-trained model, a warning says so otherwise.",
+    )
+    precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
+        default="float32", description="As sentence-transformers' encode(precision=...): int8/uint8 need precision_ranges; binary/ubinary pack 8 dimensions a byte.",
+    )
+    precision_ranges: list[list[float]] | None = Field(
+        default=None, description="For int8/uint8: each dimension's [minimums, maximums] over a corpus sample (echo_embeddings.calibration_ranges).",
+    )
     query_instruction: str | None = Field(default=None, description="Instruction for the query template; None keeps the model's own.")
     text_instruction: str | None = Field(default=None, description="Instruction for the document template, if it has one; None keeps the model's own.")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra core options: output_layer, tp_layers, max_seq_length, dtype ...")
+
+    _output: OutputFormat = PrivateAttr()
+    _checked_truncation: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _check_output(self) -> EchoEmbedding:
+        """Truncation and precision are checked when the object is made, not at the first call."""
+        self._output = OutputFormat(self.truncate_dim, self.normalize, self.precision, self.precision_ranges)
+        return self
 
     @classmethod
     def class_name(cls) -> str:
@@ -49,10 +70,16 @@ class EchoEmbedding(BaseEmbedding):
 
     def _encoder(self) -> SharedModel:
         # Never stored on the object: pickles stay small and each process loads lazily, once.
-        return shared_model(self.model_name, self.strategy, self.device, **self.model_kwargs)
+        shared = shared_model(self.model_name, self.strategy, self.device, **self.model_kwargs)
+        if self.truncate_dim is not None and not self._checked_truncation:
+            self._checked_truncation = True
+            note = truncation_note(shared.model, self.truncate_dim)
+            if note:
+                warnings.warn(f"truncate_dim={self.truncate_dim}: {note}", stacklevel=3)
+        return shared
 
     def _embed(self, texts: list[str], task: str, instruction: str | None) -> list[Embedding]:
-        return self._encoder().encode(texts, task, instruction=instruction, batch_size=self.batch_size, normalize=self.normalize)
+        return self._encoder().encode(texts, task, instruction=instruction, batch_size=self.batch_size, output=self._output)
 
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._embed([query], "query", self.query_instruction)[0]
@@ -83,7 +110,7 @@ class EchoEmbedding(BaseEmbedding):
         # The event loop stays free; concurrent calls share the model's batches through its scheduler.
         if self.batch_size != DEFAULT_BATCH_SIZE:
             return await asyncio.to_thread(self._embed, texts, task, instruction)  # a call of its own, with its batch size
-        return await self._encoder().aencode(texts, task, instruction=instruction, normalize=self.normalize)
+        return await self._encoder().aencode(texts, task, instruction=instruction, output=self._output)
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return (await self._aembed([query], "query", self.query_instruction))[0]
