@@ -142,8 +142,10 @@ def test_training_files_are_read_and_checked(tmp_path) -> None:
     bad.write_text("score\tsentence1\tsentence2\n4.5\tA dog runs.\t \n")
     with pytest.raises(DataError, match=r"bad.tsv:2: column 'sentence2' is empty"):
         training.read_training_file(bad)
-    bad.write_text("a\tb\n1\t2\n")
-    with pytest.raises(DataError, match=r"cannot tell which columns hold the texts .* --text-columns"):
+    bad.write_text("a\tb\n1\t2\n")  # unknown names: the text columns in order, as sentence-transformers reads them
+    assert training.read_training_file(bad).columns == ("a", "b")
+    bad.write_text("a\tscore\n1\t2\n")
+    with pytest.raises(DataError, match=r"cannot tell which columns hold the texts .* 1 besides a score.* --text-columns"):
         training.read_training_file(bad)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": \n')

@@ -5,27 +5,47 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .engine.loading import DEFAULT_MODEL
+from .engine.aliases import DEFAULT_MODEL
 from .engine.presets import Preset
 from .engine.template import Template
 from .models.embedder import EchoEmbedder
 from .models.sentence_transformer import EchoSentenceTransformer
 
 
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
 def is_saved_model(path: str | os.PathLike) -> bool:
-    """A folder written by ``save`` whose modules are all ours or sentence-transformers' own."""
-    modules = Path(path) / "modules.json"
-    if not modules.is_file():
+    """A saved echo model, named by its folder (a hub snapshot folder included) or by a Hugging
+    Face id (found through the hub, or offline through the local cache), whose modules are all
+    ours or sentence-transformers' own."""
+    modules = _modules_file(str(path))
+    if modules is None:
         return False
     types = [m["type"] for m in json.loads(modules.read_text(encoding="utf-8"))]
     return any(t.startswith("echo_embeddings.") for t in types) and all(
         t.startswith(("echo_embeddings.", "sentence_transformers.")) for t in types
     )
+
+
+def _modules_file(name: str) -> Path | None:
+    """``modules.json`` of a folder, or of a hub id's repository (None where there is none)."""
+    local = Path(name).expanduser()
+    if local.exists() or not HUB_ID.match(name):
+        return local / "modules.json" if (local / "modules.json").is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(name, "modules.json"))
+    except (OSError, ValueError, EntryNotFoundError):  # no such file or repository, or offline and not cached
+        return None
 
 
 def load(
@@ -39,7 +59,9 @@ def load(
     """A ``SentenceTransformer`` that embeds with ``strategy`` on a causal LM.
 
     ``model_name_or_path`` is a Hugging Face id or folder, a ``.gguf`` file, an embedded alias
-    (``smollm2-135m``, ``gemma3-270m``) or a folder written by ``save``. ``options`` are the
+    (``smollm2-135m``, ``gemma3-270m``), or a model written by ``save`` / ``push_to_hub``: its
+    folder or its hub id (offline, from the local cache); a saved model keeps its strategy, layer,
+    whitening and adapter. ``options`` are the
     :class:`EchoEmbedder` settings (``output_layer``, ``tp_layers``, ``max_seq_length``, ``prefix_cache``, ``packing``, ...:
     the fields of :class:`~echo_embeddings.engine.settings.EmbedderSettings`).
     """

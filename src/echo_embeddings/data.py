@@ -188,6 +188,8 @@ class TrainingData:
     kind: Kind
     rows: list[tuple]
     source: str
+    columns: tuple[str, ...] = ()
+    """The columns the texts were read from, in order (empty for pairs made from a corpus)."""
 
     def dataset(self) -> Any:
         from datasets import Dataset
@@ -242,10 +244,15 @@ def read_training_file(path: str | Path, text_columns: Sequence[str] | None = No
     else:
         columns = next((c for c in KNOWN_COLUMNS if all(name in header for name in c)), ())
         if not columns:
-            raise DataError(
-                f"{path}: cannot tell which columns hold the texts (the header has {header}); "
-                "name them with --text-columns, e.g. --text-columns sentence1,sentence2"
-            )
+            # sentence-transformers' rule for unknown names: the text columns in order, the score apart
+            texts = [c for c in header if c not in ("score", "label")]
+            if len(texts) not in (2, 3):
+                example = ",".join(texts[:3]) if len(texts) > 3 else "anchor,positive,negative"
+                raise DataError(
+                    f"{path}: cannot tell which columns hold the texts (the header has {header}, {len(texts)} besides a score); "
+                    f"name two (a pair) or three (anchor, positive, negative) with --text-columns, e.g. --text-columns {example}"
+                )
+            columns = tuple(texts)
     if len(columns) not in (2, 3):
         raise DataError(f"{path}: give two text columns (a pair) or three (anchor, positive, negative), got {list(columns)}")
     score = score_column if score_column is not None else ("score" if "score" in header and len(columns) == 2 else None)
@@ -269,7 +276,7 @@ def read_training_file(path: str | Path, text_columns: Sequence[str] | None = No
                 raise DataError(f"{path}:{number}: score {value} in column {score!r} is not finite")
             texts.append(value)
         rows.append(tuple(texts))
-    return TrainingData(kind, rows, str(path))
+    return TrainingData(kind, rows, str(path), columns)
 
 
 def read_training_files(paths: Sequence[str | Path], text_columns: Sequence[str] | None = None, score_column: str | None = None) -> TrainingData:
@@ -278,7 +285,7 @@ def read_training_files(paths: Sequence[str | Path], text_columns: Sequence[str]
     kinds = {p.kind for p in parts}
     if len(kinds) > 1:
         raise DataError(f"training files of different shapes cannot be mixed: {', '.join(f'{p.source} ({p.kind})' for p in parts)}")
-    return TrainingData(parts[0].kind, [r for p in parts for r in p.rows], ", ".join(p.source for p in parts))
+    return TrainingData(parts[0].kind, [r for p in parts for r in p.rows], ", ".join(p.source for p in parts), parts[0].columns)
 
 
 def pairs_from_corpus(path: str | Path, min_chars: int = 20) -> TrainingData:

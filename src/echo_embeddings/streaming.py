@@ -24,8 +24,8 @@ _MAGIC = b"\x93NUMPY\x01\x00"
 _HEADER_BYTES = 128  # magic + length + dict, a multiple of 64 as the format asks
 
 
-def _header(rows: int, dim: int) -> bytes:
-    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+def _header(rows: int, dim: int, descr: str = "<f4") -> bytes:
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
     room = _HEADER_BYTES - len(_MAGIC) - 2 - len(text) - 1
     if room < 0:
         raise ValueError(f"shape ({rows}, {dim}) does not fit the .npy header")
@@ -34,20 +34,25 @@ def _header(rows: int, dim: int) -> bytes:
 
 
 def save_npy(chunks: Iterable[torch.Tensor | np.ndarray], path: str | os.PathLike) -> tuple[int, int]:
-    """Append each ``[n, dim]`` chunk to ``path`` as float32; returns the final shape."""
+    """Append each ``[n, dim]`` chunk to ``path``; returns the final shape. Rows are float32, or
+    int8 / uint8 when the first chunk is (quantized embeddings, ``precision=`` in ``encode``)."""
     path = Path(path)
-    rows, dim = 0, None
+    rows, dim, dtype = 0, None, None
     with path.open("wb") as f:
         f.write(_header(0, 0))
         for chunk in chunks:
-            array = chunk.numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+            array = chunk.float().numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
             if array.ndim != 2 or (dim is not None and array.shape[1] != dim):
                 raise ValueError(f"Chunk of shape {array.shape} after {rows} rows; expected [n, {dim or 'dim'}]")
+            if dtype is None:
+                dtype = array.dtype if array.dtype in (np.int8, np.uint8) else np.dtype("<f4")
+            elif array.dtype != dtype and dtype != np.dtype("<f4"):
+                raise ValueError(f"Chunk of {array.dtype} after {rows} rows of {dtype}")
             dim = array.shape[1]
-            f.write(np.ascontiguousarray(array, dtype="<f4").tobytes())
+            f.write(np.ascontiguousarray(array, dtype=dtype).tobytes())
             rows += array.shape[0]
         f.seek(0)
-        f.write(_header(rows, dim or 0))
+        f.write(_header(rows, dim or 0, (dtype or np.dtype("<f4")).str))
     return rows, dim or 0
 
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import evaluation as ev
 from .._version import __version__
-from ..api import load
 from ..data import Classification, DataError, Retrieval, read_classification, read_retrieval, read_table, sample_corpus
-from .common import DEFAULT_BATCH_SIZE, split
+from .common import DEFAULT_BATCH_SIZE, add_device, check_model, split
 
 MAIN_METRIC = {"sts": "spearman", "retrieval": "ndcg@10", "classification": "accuracy"}
 
@@ -51,7 +51,7 @@ def add_parser(commands: Any) -> None:
     ev_parser.add_argument("--runs", type=int, default=3, help="classification runs, each with its own seed and training sample")
     ev_parser.add_argument("--max-train", type=int, default=2000, help="training sample cap per classification run")
     ev_parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="most texts per batch; the token budget usually decides")
-    ev_parser.add_argument("--device", default=None)
+    add_device(ev_parser)
     ev_parser.add_argument("--out", default="results", help="folder for results.json, results.png and the embedding cache")
 
 
@@ -101,56 +101,83 @@ def _check_extras() -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_extras()
     tasks = _load_tasks(args)
+    models, strategies = split(args.model), split([args.strategy])
+    for model_name in models:
+        for strategy in strategies:
+            check_model(model_name, strategy)
+    from .. import evaluation as ev
+    from ..api import load
+
     out = Path(args.out)
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for model_name in split(args.model):
-        for strategy in split([args.strategy]):
-            column = f"{model_name}/{strategy}" + (f"/{args.chunking}-{args.chunk_tokens}" if args.chunking else "")
-            print(f"== {column}", file=sys.stderr)
-            layer = {} if args.output_layer is None else {"output_layer": args.output_layer}
-            try:
-                model = load(model_name, strategy, device=args.device, **layer)
-            except ValueError as error:  # a layer the model does not have, an unknown strategy, ...
-                raise DataError(f"{column}: {error}") from error
-            module = model[0]
-            settings = module.get_config_dict() | {"model": model_name, "version": __version__}
-            cache = ev.EmbeddingCache(out / "cache.sqlite", settings)
-
-            def encode(texts: list[str], task: str | None, model: Any = model) -> np.ndarray:
-                return model.encode(texts, task=task, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=True)
-
-            cached = cache.wrap(encode)
-            chunked = None
-            if args.chunking:
-                chunk_settings = settings | {"chunking": args.chunking, "chunk_tokens": args.chunk_tokens}
-
-                def encode_chunks(documents: list[str], model: Any = model) -> list[np.ndarray]:
-                    try:
-                        found = model.encode_chunks(
-                            documents, chunk_tokens=args.chunk_tokens, chunking=args.chunking, batch_size=args.batch_size,
-                            normalize_embeddings=True, show_progress_bar=True,
-                        )
-                    except ValueError as error:  # a last-token strategy, an empty document, ...
-                        raise DataError(f"--chunking {args.chunking}: {error}") from error
-                    return [np.stack([c.embedding for c in chunks]) for chunks in found]
-
-                chunked = ev.EmbeddingCache(out / "cache.sqlite", chunk_settings).wrap_chunks(encode_chunks)
-            results[column] = {}
-            for name, kind, data in tasks:
-                if kind == "sts":
-                    scores = ev.evaluate_sts(cached, data)
-                elif kind == "retrieval":
-                    scores = ev.evaluate_retrieval(cached, data, chunked)
-                else:
-                    scores = ev.evaluate_classification(cached, data, runs=args.runs, max_train=args.max_train)
-                results[column][f"{kind}:{name}"] = scores
-            del model, module
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for model_name in models:
+            model = None  # loaded once; each further strategy reconfigures the same weights
+            for strategy in strategies:
+                column = f"{model_name}/{strategy}" + (f"/{args.chunking}-{args.chunk_tokens}" if args.chunking else "")
+                print(f"== {column}", file=sys.stderr)
+                layer = {} if args.output_layer is None else {"output_layer": args.output_layer}
+                try:
+                    if model is None:
+                        model = load(model_name, strategy, device=args.device, **layer)
+                    else:
+                        model[0].engine.configure(strategy=strategy, **layer)
+                except ValueError as error:  # a layer the model does not have, an unknown strategy, ...
+                    raise DataError(f"{column}: {error}") from error
+                results[column] = _evaluate(ev, model, model_name, tasks, args, out)
+            del model
+    _summarize(caught)
     report = {"tasks": [f"{kind}:{name}" for name, kind, _ in tasks], "results": results, "main_metric": MAIN_METRIC}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(format_table(report))
     chart(report, out / "results.png")
     return report
+
+
+def _evaluate(ev: Any, model: Any, model_name: str, tasks: list[tuple[str, str, Any]], args: argparse.Namespace, out: Path) -> dict[str, dict[str, float]]:
+    """Every task's scores for the model as it is configured now (embeddings cached by its settings)."""
+    settings = model[0].get_config_dict() | {"model": model_name, "version": __version__}
+    cache = ev.EmbeddingCache(out / "cache.sqlite", settings)
+
+    def encode(texts: list[str], task: str | None) -> np.ndarray:
+        return model.encode(texts, task=task, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=True)
+
+    cached = cache.wrap(encode)
+    chunked = None
+    if args.chunking:
+        chunk_settings = settings | {"chunking": args.chunking, "chunk_tokens": args.chunk_tokens}
+
+        def encode_chunks(documents: list[str]) -> list[np.ndarray]:
+            try:
+                found = model.encode_chunks(
+                    documents, chunk_tokens=args.chunk_tokens, chunking=args.chunking, batch_size=args.batch_size,
+                    normalize_embeddings=True, show_progress_bar=True,
+                )
+            except ValueError as error:  # a last-token strategy, an empty document, ...
+                raise DataError(f"--chunking {args.chunking}: {error}") from error
+            return [np.stack([c.embedding for c in chunks]) for chunks in found]
+
+        chunked = ev.EmbeddingCache(out / "cache.sqlite", chunk_settings).wrap_chunks(encode_chunks)
+    scores: dict[str, dict[str, float]] = {}
+    for name, kind, data in tasks:
+        if kind == "sts":
+            scores[f"{kind}:{name}"] = ev.evaluate_sts(cached, data)
+        elif kind == "retrieval":
+            scores[f"{kind}:{name}"] = ev.evaluate_retrieval(cached, data, chunked)
+        else:
+            scores[f"{kind}:{name}"] = ev.evaluate_classification(cached, data, runs=args.runs, max_train=args.max_train)
+    return scores
+
+
+def _summarize(caught: list[warnings.WarningMessage]) -> None:
+    """Each distinct warning of the run once, with how often it came (small runs make scikit-learn
+    repeat the same one for every classifier)."""
+    counts = Counter((w.category.__name__, str(w.message).strip()) for w in caught)
+    for (category, message), count in counts.items():
+        times = f" ({count} times)" if count > 1 else ""
+        print(f"warning{times}: {category}: {message}", file=sys.stderr)
 
 
 def _main_scores(report: dict[str, Any]) -> tuple[list[str], list[str], np.ndarray]:

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..data import DataError, pairs_from_corpus, read_training_file, read_training_files
-from .common import load_model, split
+from .common import add_device, check_model, load_model, split
 
 
 def add_parser(commands: Any) -> None:
@@ -20,12 +20,12 @@ def add_parser(commands: Any) -> None:
     tr.add_argument("--strategy", default=None, help="preset or template (default: echo)")
     tr.add_argument("--out", required=True, help="folder for the trained model (checkpoints in OUT/checkpoints)")
     tr.add_argument("--dev", default=None, help="a file of the same shape, evaluated during training")
-    tr.add_argument("--epochs", type=float, default=1.0)
+    tr.add_argument("--epochs", type=float, default=1.0, help="passes over the training data; fractions allowed (default: %(default)s)")
     tr.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (overrides --epochs)")
     tr.add_argument("--batch-size", type=int, default=16, help="pairs per step (default: %(default)s)")
     tr.add_argument("--learning-rate", type=float, default=None, help="default 2e-4 with LoRA, 2e-5 without")
     tr.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="train a LoRA adapter (default) or every weight")
-    tr.add_argument("--lora-rank", type=int, default=16)
+    tr.add_argument("--lora-rank", type=int, default=16, help="rank r of the LoRA matrices; alpha is 2r (default: %(default)s)")
     tr.add_argument(
         "--lora-layers", default=None,
         help="decoder layers to adapt: e.g. 20-29 or 0,5,9, or below:N for the N layers below the pooled hidden state (default: all)",
@@ -34,7 +34,7 @@ def add_parser(commands: Any) -> None:
     tr.add_argument("--text-columns", default=None, help="text columns, two or three, e.g. sentence1,sentence2 (default: recognised names)")
     tr.add_argument("--score-column", default=None, help="score column of scored pairs (default: score, if present)")
     tr.add_argument("--loss", default=None, choices=["cosent", "angle", "cosine", "mnrl", "cached-mnrl"], help="override the loss chosen from the data")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="seed for shuffling, dropout and the adapter's initialisation (default: %(default)s)")
     tr.add_argument(
         "--reuse-frozen", action=argparse.BooleanOptionalAction, default=True,
         help="keep each text's states below the lowest trained layer and reuse them in later epochs (default: on)",
@@ -52,7 +52,7 @@ def add_parser(commands: Any) -> None:
         "--matryoshka-dims", default=None, metavar="D,D,...",
         help="train with MatryoshkaLoss so that the leading D dimensions work alone, e.g. 64,128,256 (the server's 'dimensions')",
     )
-    tr.add_argument("--device", default=None)
+    add_device(tr)
 
 
 def _layers(spec: str | None) -> list[int] | str | None:
@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> None:
     for flag in ("max_seq_length", "max_batch_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise DataError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a positive number of tokens")
-    print(f"{len(data)} {data.kind} from {data.source}", file=sys.stderr)
+    read_from = f" (columns {', '.join(data.columns)})" if data.columns else ""
+    print(f"{len(data)} {data.kind} from {data.source}{read_from}", file=sys.stderr)
+    check_model(args.model, args.strategy)
     log = logging.getLogger("echo_embeddings.training")  # the run's summary (frozen-state reuse) to stderr
     log.setLevel(logging.INFO)
     log.addHandler(logging.StreamHandler(sys.stderr))

@@ -9,8 +9,7 @@ from typing import Any
 
 from ..data import DataError, read_texts
 from ..engine.inputs import normalize_task
-from ..models.whitening import fit_whitening
-from .common import load_model
+from .common import add_device, load_model
 
 
 def add_parser(commands: Any) -> None:
@@ -23,12 +22,14 @@ def add_parser(commands: Any) -> None:
     whiten.add_argument("--kind", choices=["pca", "center"], default="pca", help="PCA whitening or centering only (default: %(default)s)")
     whiten.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header")
     whiten.add_argument("--task", choices=["sentence", "query", "document"], default="sentence", help="template the corpus is embedded with (default: %(default)s)")
-    whiten.add_argument("--device", default=None)
+    add_device(whiten)
 
 
 def run(args: argparse.Namespace) -> None:
     if not Path(args.corpus).is_file():
         raise DataError(f"no such file: {args.corpus}")
+    from ..models.whitening import fit_whitening
+
     model = load_model(args.model, args.strategy, args.device)
     texts = (t for t in read_texts(args.corpus, args.column) if t.strip())
     try:

@@ -1,6 +1,7 @@
 """The pooling core: torch and transformers only (no sentence-transformers, no training code).
 
 ========================  ==================================================================
+``aliases.py``            the embedded models and the default model (no torch: the CLI checks names here)
 ``template.py``           the template grammar (``{x}``, ``{x*}``, ``{instruction}``, ``{tp}``)
 ``presets.py``            named strategies (echo, PromptEOL, token prepending, ...) and their registry
 ``settings.py``           :class:`EmbedderSettings`: every setting, declared once, what a save writes
@@ -20,7 +21,24 @@
 ========================  ==================================================================
 """
 
-from .engine import Engine
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .settings import EmbedderSettings
 
 __all__ = ["EmbedderSettings", "Engine"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Engine`` is imported on first use, so the light modules (settings, presets, templates,
+    aliases) load without torch."""
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    raise AttributeError(f"module 'echo_embeddings.engine' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from .engine import Engine

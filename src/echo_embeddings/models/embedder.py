@@ -2,8 +2,15 @@
 
 ``EchoSentenceTransformer(modules=[EchoEmbedder(...), ...])`` is a complete embedding model. The
 module templates, runs the decoder and pools; modules after it (``Dense``, ``Normalize``, a
-whitening, ...) run on its output. ``save`` writes the decoder (or only its LoRA adapter), its
-tokenizer and ``echo_embeddings_config.json``: exactly the settings that run.
+whitening, ...) run on its output. ``save`` writes its tokenizer, ``echo_embeddings_config.json``
+(exactly the settings that run) and the decoder's weights, unless they need not be copied:
+
+- with a LoRA adapter, only the adapter, and the config names the base it goes on;
+- with weights unchanged since they were loaded from an alias or a Hugging Face id (a model used
+  as it came, perhaps with a whitening after it), no weights: the config names that base, and a
+  load takes the weights from there. ``save(..., self_contained=True)`` on the model writes them
+  anyway (a folder that needs nothing else); a base loaded from a local folder or file is always
+  copied, since that path need not exist where the folder goes.
 """
 
 from __future__ import annotations
@@ -26,6 +33,18 @@ from ..engine.settings import SETTING_NAMES, EmbedderSettings, with_setting_attr
 from ..engine.template import Template
 
 CONFIG_FILE = "echo_embeddings_config.json"
+FINGERPRINT_STRIDE = 1009
+"""Every 1009th element of each weight goes into the fingerprint that tells whether the decoder
+changed since it was loaded (an optimizer step or a merge changes nearly all of them)."""
+
+
+def weights_fingerprint(model: torch.nn.Module) -> tuple[float, ...]:
+    """A cheap summary of a decoder's weights: a strided sample of each parameter, summed."""
+    with torch.no_grad():
+        return tuple(
+            float(p.detach().reshape(-1)[::FINGERPRINT_STRIDE].double().sum()) if p.device.type != "meta" else float("nan")
+            for p in model.parameters()
+        )
 
 
 @with_setting_attributes(lambda module: module.engine)
@@ -80,6 +99,10 @@ class EchoEmbedder(InputModule):
             raise ValueError("A loaded model needs its tokenizer too")
         self.model = model  # a submodule: .to(), parameters() and state_dict() see the decoder
         self.engine = Engine(model, tokenizer, strategy, **settings)
+        self.self_contained = False
+        """Whether ``save`` writes the decoder's weights even when a config reference would do (set
+        for one save by ``EchoSentenceTransformer.save(..., self_contained=True)``)."""
+        self._loaded_weights = weights_fingerprint(model) if self.source is not None else None
 
     @property
     def tokenizer(self) -> Any:  # type: ignore[override]
@@ -140,21 +163,33 @@ class EchoEmbedder(InputModule):
             )
         return str(Path(self.source).resolve()) if Path(self.source).exists() else self.source
 
+    def unchanged_base(self) -> str | None:
+        """The alias or Hugging Face id a save can name instead of writing the decoder's weights:
+        set when the weights are those loaded from there (no adapter, no training since)."""
+        if self.self_contained or self.lora is not None or self.source is None or self._loaded_weights is None:
+            return None
+        if Path(self.source).exists() or self.source.lower().endswith(".gguf"):
+            return None  # a local path need not exist where the saved folder goes
+        return self.source if weights_fingerprint(self.model) == self._loaded_weights else None
+
     # -- save / load ------------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:
         config = self.engine.config()
         if self.lora is not None:
             config["lora"] = self.lora
             config["base_model"] = self.base_reference()
+        elif (base := self.unchanged_base()) is not None:
+            config["base_model"] = base
         config["requires"] = f"echo-embeddings>={__version__}"
         return config
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
-        """The decoder's weights, or with a LoRA adapter only the adapter (its config names the base)."""
+        """The decoder's weights; only the adapter with a LoRA adapter; none when the weights are
+        an alias's or a hub id's as loaded (the config names the base)."""
+        Path(output_path).mkdir(parents=True, exist_ok=True)
         if self.lora is not None:
-            Path(output_path).mkdir(parents=True, exist_ok=True)
             lora.save_adapter(self.model, output_path)
-        else:
+        elif self.unchanged_base() is None:
             self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.save_tokenizer(output_path)
         self.save_config(output_path)
@@ -173,7 +208,7 @@ class EchoEmbedder(InputModule):
         dtype = model_kwargs.pop("dtype", None) or model_kwargs.pop("torch_dtype", None)
         device = kwargs.get("device")
         given = {name: getattr(settings, name) for name in SETTING_NAMES}
-        module = cls(base if adapter else str(folder), dtype=dtype, device=device, model_kwargs=model_kwargs, **given)
+        module = cls(base or str(folder), dtype=dtype, device=device, model_kwargs=model_kwargs, **given)
         if adapter:
             module.add_lora(**adapter)
             lora.load_adapter(module.model, folder)

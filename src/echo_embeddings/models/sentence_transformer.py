@@ -98,6 +98,20 @@ class EchoSentenceTransformer(SentenceTransformer):
                 prepared, forward, pooling=first.engine.preset.templates(task)[0].pooling, batch_size=batch_size, progress=bar
             )
 
+    def save(self, path: str, *args: Any, self_contained: bool = False, **kwargs: Any) -> None:  # type: ignore[override]
+        """sentence-transformers' ``save``. The decoder's weights are left out when they are those
+        of the alias or Hugging Face id the model was loaded from (the config names it; loading
+        takes them from there); ``self_contained=True`` writes them anyway. ``save_pretrained`` and
+        ``push_to_hub`` come through here."""
+        first = self[0] if isinstance(self[0], EchoEmbedder) else None
+        if first is not None:
+            first.self_contained = self_contained
+        try:
+            super().save(path, *args, **kwargs)
+        finally:
+            if first is not None:
+                first.self_contained = False
+
     def _create_model_card(self, path: str, model_name: str | None = None, train_datasets: Any = "deprecated") -> None:
         """sentence-transformers' card, adapted so that its usage runs for an echo model (see
         :mod:`echo_embeddings.models.model_card`). The snippet names ``model_name`` (a hub id) or,
