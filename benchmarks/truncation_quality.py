@@ -7,7 +7,8 @@ renormalised), the cut the server's ``dimensions`` makes, for the two kinds of m
 ``--pca MODEL``: the model with a PCA whitening (256 components) fitted without labels on each
 set's own sentences, as in the whitening guide. ``--matryoshka FOLDER``: a model trained with
 ``echo-embeddings train ... --matryoshka-dims``; ``--plain FOLDER`` adds the same training without
-Matryoshka, cut the same way, to show what the loss buys. Sets: STS-B dev and SICK trial (whole),
+Matryoshka, cut the same way, to show what the loss buys; ``--raw MODEL`` the zero-shot echo model
+cut as it is, which is what the CLI's and adapters' warnings are about. Sets: STS-B dev and SICK trial (whole),
 bootstrap intervals over pairs.
 """
 
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--pca", default=None, help="model to whiten with PCA (fitted on each set's sentences)")
     parser.add_argument("--matryoshka", default=None, help="folder of a model trained with --matryoshka-dims")
     parser.add_argument("--plain", default=None, help="folder of the same training without Matryoshka")
+    parser.add_argument("--raw", default=None, help="a model cut as it is, neither whitened nor Matryoshka-trained (what the warnings are about)")
     parser.add_argument("--dims", default="32,64,128,256")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
@@ -70,10 +72,11 @@ def main() -> int:
         (f"{args.pca} echo, PCA whitening", args.pca, True),
         ("Matryoshka-trained echo", args.matryoshka, False),
         ("the same training, no Matryoshka", args.plain, False),
+        (f"{args.raw} echo as it is", args.raw, False),
     ):
         if source is None:
             continue
-        model = source if fit else echo_embeddings.load(source)
+        model = source if fit else echo_embeddings.load(source, "echo" if source == args.raw else None)
         found = {name: scores(model, data, dims, fit) for name, data in sets.items()}
         for d in sorted(found["STS-B dev"]):
             cells = []

@@ -233,3 +233,31 @@ def test_long_documents_fit_by_default(bpe_tokenizer) -> None:
     module.max_seq_length = 256
     with pytest.warns(UserWarning, match="truncated"):
         model.encode([document])
+
+
+@pytest.mark.parametrize("strategy", ["echo", "mean"])
+def test_token_embeddings_are_the_pooled_copys_states(make_model, strategy: str) -> None:
+    """``encode(output_value="token_embeddings")``: a row per token of the text itself, whose mean is
+    the sentence embedding and whose span means are the pooled-copy late chunks of those spans."""
+    model = make_model(strategy)
+    texts = ["A man is playing a guitar on stage tonight.", "", "Dogs run."]
+    states = model.encode(texts, output_value="token_embeddings")
+    docs = tokenize_documents(model[0].engine, [texts[0], texts[2]], None)
+    assert [s.shape for s in states] == [(len(docs[0].ids), 32), (0, 32), (len(docs[1].ids), 32)]
+    assert isinstance(states[0], np.ndarray) and states[0].dtype == np.float32
+    sentence = model.encode([texts[0], texts[2]])
+    assert np.abs(np.stack([states[0].mean(0), states[2].mean(0)]) - sentence).max() < 1e-5
+    spans = [(0, 9), (10, 25), (26, len(texts[0]))]
+    chunks = model.encode_chunks([texts[0]], [spans], task=None, copies="pooled")[0]
+    for (a, b), chunk in zip(spans_to_tokens(docs[0], spans), chunks):
+        assert np.abs(states[0][a:b].mean(0) - chunk.embedding).max() < 1e-5
+    single = model.encode(texts[2], output_value="token_embeddings", convert_to_tensor=True)
+    assert torch.is_tensor(single) and torch.allclose(single, torch.from_numpy(states[2]), atol=1e-5)
+
+
+def test_token_embeddings_refuse_what_they_cannot_be(make_model) -> None:
+    with pytest.raises(ValueError, match="pools the last token"):
+        make_model("prompteol").encode(["A text."], output_value="token_embeddings")
+    with pytest.raises(ValueError, match="a prompt would add tokens"):
+        make_model("echo").encode(["A text."], output_value="token_embeddings", prompt="Query: ")
+

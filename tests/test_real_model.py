@@ -149,3 +149,30 @@ def test_the_conversion_cache_is_keyed_by_the_converters(monkeypatch: pytest.Mon
     for package in ("gguf", "transformers"):
         monkeypatch.setattr(importlib.metadata, "version", lambda name, p=package: "0.0.1" if name == p else real_version(name))
         assert loading.conversion_target(gguf_file, key="k") != first
+
+
+def test_chonkies_late_chunker_gets_late_chunked_vectors(smollm2) -> None:
+    """Chonkie's LateChunker averages ``token_embeddings`` over each chunk's token count: with the
+    echo model each chunk vector is the pooled-copy late chunk of the same tokens, not the chunk's
+    text embedded alone (what it falls back to, without a warning, when the output is missing or
+    its per-chunk token counts add up to more than the text's)."""
+    import numpy as np
+    from itertools import pairwise
+
+    from chonkie import LateChunker
+    from chonkie.embeddings import SentenceTransformerEmbeddings
+
+    from echo_embeddings.late_chunking import tokenize_documents
+
+    text = (Path(__file__).parents[1] / "examples" / "data" / "paragraphs.txt").read_text(encoding="utf-8")[:1500]
+    chunks = LateChunker(embedding_model=SentenceTransformerEmbeddings(smollm2), chunk_size=64).chunk(text)
+    assert len(chunks) > 3
+    doc = tokenize_documents(smollm2[0].engine, [text], None)[0]
+    bounds = np.cumsum([0] + [c.token_count for c in chunks])
+    assert bounds[-1] == len(doc.ids)  # one count per token of the text: not the fallback
+    spans = [(doc.offsets[a][0], doc.offsets[b - 1][1]) for a, b in pairwise(bounds)]
+    ours = smollm2.encode_chunks([text], [spans], task=None, copies="pooled")[0]
+    alone = smollm2.encode([c.text for c in chunks])
+    for theirs, mine, own in zip(chunks, ours, alone):
+        assert np.abs(np.asarray(theirs.embedding) - mine.embedding).max() < 1e-4
+        assert np.abs(np.asarray(theirs.embedding) - own).max() > 1e-2

@@ -361,6 +361,33 @@ def encode_chunks(
     return as_chunks(docs, spans, vectors)
 
 
+def token_embeddings(
+    model: Any, texts: Sequence[str], *, task: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, show_progress_bar: bool = False
+) -> list[torch.Tensor]:
+    """Each text's per-token hidden states ``[tokens, dim]`` (float32, before any later module):
+    what ``encode(..., output_value="token_embeddings")`` returns, and what chunkers such as
+    Chonkie's ``LateChunker`` average over a chunk's tokens.
+
+    One row per token of the text itself, tokenized as the template reads it (no special tokens,
+    no template tokens): with echo, the states of the second copy, each of which has read the whole
+    text; with ``mean``, the states of the single copy. A text longer than a window is read in
+    overlapping windows as :func:`encode_chunks` does, and an empty text gives ``[0, dim]``. The
+    mean of a span of these rows is the ``copies="pooled"`` late-chunked vector of that span.
+    Last-token strategies have no pooled copy to return and raise ``ValueError``.
+    """
+    engine = model[0].engine
+    texts = check_texts(texts)
+    kept = [i for i, text in enumerate(texts) if text]
+    docs = tokenize_documents(engine, [texts[i] for i in kept], task)
+    ranges = [[(j, j + 1) for j in range(len(doc.ids))] for doc in docs]
+    out = [torch.empty((0, engine.hidden_size)) for _ in texts]
+    with tqdm(desc="Token embeddings", disable=not show_progress_bar, unit="window") as bar:
+        pooled = late_chunk_vectors(engine, docs, ranges, task=task, copies="pooled", batch_size=batch_size, progress=bar)
+    for i, vectors in zip(kept, pooled):
+        out[i] = vectors
+    return out
+
+
 def stream_chunks(
     model: Any,
     documents: Iterable[str],

@@ -49,7 +49,40 @@ class EchoSentenceTransformer(SentenceTransformer):
         elif kwargs.get("prompt_name") in TASK_NAMES and kwargs.get("prompt_name") is not None:
             kwargs["task"] = normalize_task(kwargs["prompt_name"])
         _with_batch_size(args, kwargs, 2)
+        if kwargs.get("output_value") == "token_embeddings":
+            return self._token_embeddings(inputs, *args, **kwargs)
         return super().encode(inputs, *args, **kwargs)
+
+    def _token_embeddings(
+        self,
+        inputs: str | list[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        show_progress_bar: bool | None = None,
+        output_value: str = "token_embeddings",
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: Any = None,
+        normalize_embeddings: bool = False,
+        task: str | None = None,
+        **unused: Any,
+    ) -> Any:
+        """``encode(..., output_value="token_embeddings")``: per text, the states of the tokens of
+        the text itself in the pooled copy (:func:`echo_embeddings.late_chunking.token_embeddings`),
+        a list of ``[tokens, dim]`` arrays (tensors with ``convert_to_tensor`` or without
+        ``convert_to_numpy``), or one for a single string."""
+        if prompt:
+            raise ValueError("token embeddings follow the text's own tokens; a prompt would add tokens that are not the text's. Use task= instead")
+        if unused:
+            raise TypeError(f"encode(output_value='token_embeddings') does not take {sorted(unused)}")
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        vectors = late_chunking.token_embeddings(self, texts, task=task, batch_size=batch_size, show_progress_bar=bool(show_progress_bar))
+        if normalize_embeddings:
+            vectors = [torch.nn.functional.normalize(v, p=2, dim=1) for v in vectors]
+        out = [v.numpy() for v in vectors] if convert_to_numpy and not convert_to_tensor else vectors
+        return out[0] if single else out
 
     def encode_query(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
         _with_batch_size(args, kwargs, 2)

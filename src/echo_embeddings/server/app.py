@@ -32,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..models.dimensions import truncation_note
+from ..output_format import OutputFormat
 from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS, BatchScheduler, QueueFullError, SchedulerClosedError
 from .metrics import ServerMetrics
 from .schemas import MODEL_SUFFIXES, RequestError, parse_request
@@ -168,11 +169,7 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
             raise RequestError("the server is shutting down", status=503, kind="server_error", code="shutting_down") from None
         except ValueError as exc:  # more texts than the whole queue holds
             raise RequestError(str(exc), param="input") from None
-        vectors = await _unless_disconnected(request, future)
-        if parsed.dimensions is not None:
-            vectors = vectors[:, : parsed.dimensions]
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+        vectors = OutputFormat(truncate_dim=parsed.dimensions, normalize=True).apply(await _unless_disconnected(request, future))
         tokens = sum(counts)
         data = [
             {"object": "embedding", "index": i, "embedding": base64.b64encode(v.tobytes()).decode() if parsed.encoding_format == "base64" else v.tolist()}
