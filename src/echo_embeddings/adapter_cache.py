@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from .api import load
 from .engine.settings import DEFAULT_BATCH_SIZE
 from .late_chunking import Chunk
+from .models.dimensions import truncation_note
 from .output_format import OutputFormat
 from .models.sentence_transformer import EchoSentenceTransformer
 from .scheduler import BatchScheduler
@@ -36,8 +38,20 @@ class SharedModel:
     model: EchoSentenceTransformer
     scheduler: BatchScheduler = field(init=False)
 
+    _warned: set[int] = field(init=False, default_factory=set)
+
     def __post_init__(self) -> None:
         self.scheduler = BatchScheduler(self.model)
+
+    def check_truncation(self, truncate_dim: int | None) -> None:
+        """Warn, once per size, when ``truncate_dim`` cuts dimensions this model was not made to
+        lose (:func:`~echo_embeddings.models.dimensions.truncation_note`)."""
+        if truncate_dim is None or truncate_dim in self._warned:
+            return
+        self._warned.add(truncate_dim)
+        note = truncation_note(self.model, truncate_dim)
+        if note:
+            warnings.warn(f"truncate_dim={truncate_dim}: {note}", stacklevel=4)
 
     def encode(
         self,

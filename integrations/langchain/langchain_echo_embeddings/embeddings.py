@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from echo_embeddings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
 from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
-from echo_embeddings.models.dimensions import truncation_note
 from echo_embeddings.output_format import OutputFormat
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -61,7 +59,6 @@ class EchoEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     _output: OutputFormat = PrivateAttr()
-    _checked_truncation: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_output(self) -> EchoEmbeddings:
@@ -72,11 +69,7 @@ class EchoEmbeddings(BaseModel, Embeddings):
     def _encoder(self) -> SharedModel:
         # Loads lazily, once per configuration per process (shared across instances).
         shared = shared_model(self.model, self.strategy, self.device, **self.model_kwargs)
-        if self.truncate_dim is not None and not self._checked_truncation:
-            self._checked_truncation = True
-            note = truncation_note(shared.model, self.truncate_dim)
-            if note:
-                warnings.warn(f"truncate_dim={self.truncate_dim}: {note}", stacklevel=3)
+        shared.check_truncation(self.truncate_dim)
         return shared
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

@@ -10,7 +10,6 @@ from typing import Any, Literal
 from echo_embeddings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from echo_embeddings.adapter_cache import SharedModel, shared_model
 from echo_embeddings.late_chunking import DEFAULT_CHUNK_TOKENS, Chunk
-from echo_embeddings.models.dimensions import truncation_note
 from echo_embeddings.output_format import OutputFormat
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.schema import BaseNode
@@ -56,7 +55,6 @@ class EchoEmbedding(BaseEmbedding):
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra core options: output_layer, tp_layers, max_seq_length, dtype ...")
 
     _output: OutputFormat = PrivateAttr()
-    _checked_truncation: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_output(self) -> EchoEmbedding:
@@ -71,11 +69,7 @@ class EchoEmbedding(BaseEmbedding):
     def _encoder(self) -> SharedModel:
         # Never stored on the object: pickles stay small and each process loads lazily, once.
         shared = shared_model(self.model_name, self.strategy, self.device, **self.model_kwargs)
-        if self.truncate_dim is not None and not self._checked_truncation:
-            self._checked_truncation = True
-            note = truncation_note(shared.model, self.truncate_dim)
-            if note:
-                warnings.warn(f"truncate_dim={self.truncate_dim}: {note}", stacklevel=3)
+        shared.check_truncation(self.truncate_dim)
         return shared
 
     def _embed(self, texts: list[str], task: str, instruction: str | None) -> list[Embedding]:
