@@ -22,11 +22,10 @@ from .api import load
 from .engine.settings import DEFAULT_BATCH_SIZE
 from .late_chunking import Chunk
 from .models.dimensions import truncation_note
-from .output_format import OutputFormat
 from .models.sentence_transformer import EchoSentenceTransformer
-from .scheduler import BatchScheduler
+from .output_format import OutputFormat
+from .scheduler import UNIT_LENGTH, BatchScheduler
 
-UNIT_LENGTH = OutputFormat(normalize=True)
 _CACHE: dict[str, SharedModel] = {}
 _CACHE_LOCK = threading.Lock()
 

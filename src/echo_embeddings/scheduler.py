@@ -45,6 +45,7 @@ import numpy as np
 
 from .engine.inputs import Task, check_texts, normalize_task
 from .engine.settings import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
+from .output_format import OutputFormat
 
 DEFAULT_MAX_QUEUED_TEXTS = 16_384
 """Texts waiting at most (about 50 MB of text at 3 KB a text); past it requests are refused."""
@@ -54,6 +55,7 @@ DEFAULT_SMALL_REQUEST_TEXTS = 1
 """Requests of at most this many texts get runs of their own (a RAG query is one text)."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RUN_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+UNIT_LENGTH = OutputFormat(normalize=True)
 
 
 class QueueFullError(RuntimeError):
@@ -248,7 +250,7 @@ class BatchScheduler:
         """:meth:`submit` and wait for the vectors (unit length with ``normalize``). Waits for room
         in the queue by default, as a blocking call would."""
         vectors = self.submit(texts, task, instruction=instruction, wait=wait).result()
-        return _normalized(vectors) if normalize else vectors
+        return UNIT_LENGTH.apply(vectors) if normalize else vectors
 
     async def aencode(
         self, texts: Sequence[str], task: str | None = None, *, instruction: str | None = None, normalize: bool = False, wait: bool = False
@@ -260,7 +262,7 @@ class BatchScheduler:
         else:
             future = self.submit(texts, task, instruction=instruction)
         vectors = await asyncio.wrap_future(future)
-        return _normalized(vectors) if normalize else vectors
+        return UNIT_LENGTH.apply(vectors) if normalize else vectors
 
     # -- the worker ---------------------------------------------------------------------------
     def _take(self) -> list[_Request | _Call] | None:
@@ -376,8 +378,3 @@ def _engine_budget(model: Any) -> int:
         return int(model[0].engine.batch_token_budget)
     except (TypeError, IndexError, KeyError, AttributeError):
         return DEFAULT_BATCH_TOKENS["cpu"]
-
-
-def _normalized(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1, norms)
