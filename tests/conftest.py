@@ -14,6 +14,9 @@ import helpers as testing
 from helpers import ARCHITECTURES, tiny_decoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests compare vectors across paths at fp32 tolerances (1e-5), so "auto" means fp32 here; bf16
+# and what auto picks per CPU are tested on their own (test_precision.py).
+os.environ.setdefault("ECHO_EMBEDDINGS_DTYPE", "float32")
 __all__ = ["ARCHITECTURES", "tiny_decoder"]
 
 

@@ -159,7 +159,7 @@ def test_a_borrowed_model_is_not_modified(bpe_tokenizer) -> None:
     # Its owner may choose packed attention; the vectors stay the same.
     decoder.set_attn_implementation(IMPLEMENTATION)
     packed = Engine(decoder, tokenizer, "echo")
-    assert packed.fast_paths == {"prefix_cache": "on", "packing": "grouped-sdpa"}
+    assert packed.fast_paths == {"prefix_cache": "on", "packing": "grouped-sdpa", "precision": "float32"}
     assert (packed.encode(TEXTS) - reference).abs().max() <= 1e-5
 
 
@@ -188,7 +188,7 @@ def test_packed_layout_must_reach_every_layer(make_model, monkeypatch: pytest.Mo
 
 def test_repr_and_fast_paths_say_what_runs(make_model) -> None:
     module = make_model("echo")[0]
-    assert module.engine.fast_paths == {"prefix_cache": "on", "packing": "grouped-sdpa"}
+    assert module.engine.fast_paths == {"prefix_cache": "on", "packing": "grouped-sdpa", "precision": "float32"}
     assert "'prefix_cache': 'on'" in repr(module) and "packing='grouped-sdpa'" in repr(module.engine)
     module.engine.prefix_cache = False
     assert module.engine.fast_paths["prefix_cache"] == "off: turned off (prefix_cache=False)"

@@ -10,6 +10,7 @@ import torch
 
 import echo_embeddings
 from echo_embeddings.engine import loading
+from echo_embeddings.engine.precision import auto_dtype
 
 pytestmark = pytest.mark.real
 TRIPLES = [line.split("\t") for line in (Path(__file__).parent / "data" / "triples.tsv").read_text(encoding="utf-8").splitlines()[1:]]
@@ -85,8 +86,9 @@ def test_the_embedded_models_run_their_fast_paths_without_warnings(alias: str) -
     """On the dependencies a new user gets today, nothing is switched off and nothing warns."""
     import warnings
 
-    model = echo_embeddings.load(alias, "echo", device="cpu")
-    assert model[0].engine.fast_paths == {"prefix_cache": "on", "packing": "grouped-sdpa"}
+    model = echo_embeddings.load(alias, "echo", device="cpu", dtype=auto_dtype(torch.device("cpu"))[0])  # what a user gets
+    auto = str(auto_dtype(torch.device("cpu"))[0]).removeprefix("torch.")  # bf16 on CPUs with native bf16
+    assert model[0].engine.fast_paths == {"prefix_cache": "on", "packing": "grouped-sdpa", "precision": auto}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vectors = model.encode(["A man is playing a guitar.", "Dogs run."], convert_to_tensor=True)

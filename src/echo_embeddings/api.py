@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 
 from .engine.aliases import DEFAULT_MODEL
+from .engine.loading import default_device
+from .engine.precision import resolve_dtype
 from .engine.presets import Preset
 from .engine.template import Template
 from .models.embedder import EchoEmbedder
@@ -54,6 +57,10 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    quantize: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    quantization_config: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
     **options: Any,
 ) -> EchoSentenceTransformer:
     """A ``SentenceTransformer`` that embeds with ``strategy`` on a causal LM.
@@ -64,13 +71,28 @@ def load(
     whitening and adapter. ``options`` are the
     :class:`EchoEmbedder` settings (``output_layer``, ``tp_layers``, ``max_seq_length``, ``prefix_cache``, ``packing``, ...:
     the fields of :class:`~echo_embeddings.engine.settings.EmbedderSettings`).
+
+    The machine's choices apply to saved models too and are never saved: ``dtype`` (``"auto"``:
+    bf16 on GPUs and on CPUs with native bf16, else fp32), ``quantize="int8"`` (torchao int8
+    weights), ``device_map`` (``"auto"`` shards over the GPUs) or ``quantization_config``
+    (bitsandbytes) instead of ``device``, and ``model_kwargs`` for ``from_pretrained``.
     """
+    machine = dict(model_kwargs or {})
+    machine.update({k: v for k, v in (("device_map", device_map), ("quantization_config", quantization_config)) if v is not None})
     if is_saved_model(model_name_or_path):
-        if strategy is not None or options or dtype is not None:
+        if strategy is not None or options:
             raise ValueError("A saved echo model keeps its own settings; change them on model[0] after loading")
+        # Resolved here: sentence-transformers warns about any bf16 CPU load it did not see asked for.
+        machine["dtype"], reason = resolve_dtype(dtype, torch.device(device) if device is not None else default_device())
+        if quantize is not None:
+            machine["quantize"] = quantize
         # Only our own and sentence-transformers' classes are imported: is_saved_model checked that.
-        return EchoSentenceTransformer(str(model_name_or_path), trust_remote_code=True, device=str(device) if device else None)
-    module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, **options)
+        model = EchoSentenceTransformer(str(model_name_or_path), trust_remote_code=True, device=str(device) if device else None, model_kwargs=machine)
+        first = model[0]
+        if isinstance(first, EchoEmbedder) and first.placement is not None:
+            first.placement = dataclasses.replace(first.placement, reason=reason)
+        return model
+    module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, quantize=quantize, model_kwargs=machine, **options)
     # Empty prompts named "query"/"document" let harnesses that select prompts by name (MTEB)
     # reach the query and document templates; the text itself gets nothing prepended.
     prompts = {"query": "", "document": ""}

@@ -24,8 +24,15 @@ def split(values: list[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def add_device(parser: Any) -> None:
+def add_device(parser: Any, dtype_default: str = "auto", quantize: bool = True) -> None:
+    """``--device``, ``--dtype`` and (for commands that only embed) ``--quantize``."""
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--dtype", default=None,
+        help=f"float32, bfloat16 or float16 (default: {dtype_default})" + ("; auto is bf16 on GPUs and on CPUs with native bf16, else fp32" if dtype_default == "auto" else ""),
+    )
+    if quantize:
+        parser.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights for the decoder's linear layers (needs torchao)")
 
 
 def check_model(name: str | None, strategy: str | None) -> None:
@@ -55,12 +62,12 @@ def check_output_file(path: str, flag: str = "--out") -> None:
         raise DataError(f"{flag} {path} is a folder; give a file name such as {Path(path) / 'vectors.npy'}")
 
 
-def load_model(name: str | None, strategy: str | None, device: str | None) -> Any:
+def load_model(name: str | None, strategy: str | None, device: str | None, dtype: str | None = None, quantize: str | None = None) -> Any:
     """The model a command runs: a saved echo model keeps its own strategy (and its module list)."""
     from ..api import load
 
     check_model(name, strategy)
     try:
-        return load(name or DEFAULT_MODEL, strategy, device=device)
+        return load(name or DEFAULT_MODEL, strategy, device=device, dtype=dtype, quantize=quantize)
     except ValueError as error:  # a saved model given a --strategy, a bad setting, ...
         raise DataError(str(error)) from error

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
     from ..models.dimensions import truncation_note
     from ..streaming import save_npy
 
-    model = load_model(args.model, args.strategy, args.device)
+    model = load_model(args.model, args.strategy, args.device, args.dtype, args.quantize)
     if args.max_batch_tokens is not None:
         model[0].max_batch_tokens = args.max_batch_tokens
     if args.truncate_dim is not None:

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 layer = {} if args.output_layer is None else {"output_layer": args.output_layer}
                 try:
                     if model is None:
-                        model = load(model_name, strategy, device=args.device, **layer)
+                        model = load(model_name, strategy, device=args.device, dtype=args.dtype, quantize=args.quantize, **layer)
                     else:
                         model[0].engine.configure(strategy=strategy, **layer)
                 except ValueError as error:  # a layer the model does not have, an unknown strategy, ...

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     for flag in ("max_inputs", "max_input_chars", "max_queued_texts", "port", "max_run_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise DataError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    model = load_model(args.model, args.strategy, args.device)
+    model = load_model(args.model, args.strategy, args.device, args.dtype, args.quantize)
     limits = ServerLimits(
         max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_queued_texts=args.max_queued_texts, max_run_tokens=args.max_run_tokens,
     )

@@ -12,6 +12,13 @@ from ..data import DataError, pairs_from_corpus, read_training_file, read_traini
 from .common import add_device, check_model, load_model, split
 
 
+def training_dtype(device: str | None) -> str:
+    """fp32 on the CPU (bf16 training there was not measured), auto (bf16) on GPUs."""
+    from ..engine.loading import default_device
+
+    return "float32" if (device or default_device().type).startswith("cpu") else "auto"
+
+
 def add_parser(commands: Any) -> None:
     tr = commands.add_parser("train", help="fine-tune an echo model on labelled pairs, triplets, or pairs made from your corpus")
     tr.add_argument("train_files", nargs="*", metavar="TRAIN_FILE", help="TSV/CSV/JSONL: scored pairs (sentence1, sentence2, score), pairs or triplets")
@@ -52,7 +59,7 @@ def add_parser(commands: Any) -> None:
         "--matryoshka-dims", default=None, metavar="D,D,...",
         help="train with MatryoshkaLoss so that the leading D dimensions work alone, e.g. 64,128,256 (the server's 'dimensions')",
     )
-    add_device(tr)
+    add_device(tr, dtype_default="float32 on the CPU, auto on GPUs", quantize=False)
 
 
 def _layers(spec: str | None) -> list[int] | str | None:
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
     log = logging.getLogger("echo_embeddings.training")  # the run's summary (frozen-state reuse) to stderr
     log.setLevel(logging.INFO)
     log.addHandler(logging.StreamHandler(sys.stderr))
-    model = load_model(args.model, args.strategy, args.device)
+    model = load_model(args.model, args.strategy, args.device, args.dtype or training_dtype(args.device))
     try:
         tr.train(
             model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,

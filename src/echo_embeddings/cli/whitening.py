@@ -22,7 +22,7 @@ def add_parser(commands: Any) -> None:
     whiten.add_argument("--kind", choices=["pca", "center"], default="pca", help="PCA whitening or centering only (default: %(default)s)")
     whiten.add_argument("--column", default=None, help="read this column of a TSV/CSV with a header")
     whiten.add_argument("--task", choices=["sentence", "query", "document"], default="sentence", help="template the corpus is embedded with (default: %(default)s)")
-    add_device(whiten)
+    add_device(whiten, quantize=False)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> None:
         raise DataError(f"no such file: {args.corpus}")
     from ..models.whitening import fit_whitening
 
-    model = load_model(args.model, args.strategy, args.device)
+    model = load_model(args.model, args.strategy, args.device, args.dtype)
     texts = (t for t in read_texts(args.corpus, args.column) if t.strip())
     try:
         fit_whitening(model, texts, args.dim, kind=args.kind, task=normalize_task(args.task), show_progress_bar=True)

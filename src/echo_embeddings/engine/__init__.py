@@ -16,7 +16,8 @@
 ``packing.py``            the padding-free attention backend
 ``fast_paths.py``         which of those optimisations run, and why not
 ``pooling.py``            mean and last-token pooling
-``loading.py``            decoders from ids, folders, GGUF files and embedded aliases
+``loading.py``            decoders from ids, folders, GGUF files and embedded aliases; device maps
+``precision.py``          ``dtype="auto"`` per device (bf16 where native), int8 weights
 ``engine.py``             :class:`Engine`, which ties them together
 ========================  ==================================================================
 """

@@ -27,7 +27,7 @@ from .defaults import preset_defaults
 from .forward import LayerEntry, LayerPlan, forward_hidden
 from .inputs import check_texts
 from .layout import Layout, PieceTokenizer
-from .model_parts import checkpointing, decoder_layers, resolve_output_layer
+from .model_parts import checkpointing, decoder_layers, input_device, resolve_output_layer
 from .packing import Packing, fits_window, register_packed_attention, uses_packed_attention
 from .pooling import pool
 from .prefix_cache import PrefixCache
@@ -186,7 +186,8 @@ class Engine:
     # -- what runs --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where batches go: the device of the decoder's input embeddings (see :func:`input_device`)."""
+        return input_device(self.model)
 
     @property
     def hidden_size(self) -> int:

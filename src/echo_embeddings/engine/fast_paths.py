@@ -1,11 +1,12 @@
 """Which optimisations a forward can take on this model, and why not when it cannot: the template
-prefix cache and packed (padding-free) batches. The engine reports this as ``fast_paths`` and in
+prefix cache and packed (padding-free) batches; and the precision the decoder runs in. The engine reports this as ``fast_paths`` and in
 its ``repr``, so nothing is switched off without the user being able to see it."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from . import precision
 from .packing import supports_packing, uses_packed_attention, varlen_kernel
 from .prefix_cache import prefix_cache_support
 
@@ -39,9 +40,10 @@ def packing_kernel(model: nn.Module, packing: bool | None) -> str | None:
 
 
 def report(model: nn.Module, prefix_cache: bool, packing: bool | None) -> dict[str, str]:
-    """``{"prefix_cache": "on" | "off: why", "packing": kernel | "off: why"}``."""
+    """``{"prefix_cache": "on" | "off: why", "packing": kernel | "off: why", "precision": "bfloat16" | ...}``."""
     no_cache, no_packing = why_no_prefix_cache(model, prefix_cache), why_no_packing(model, packing)
     return {
         "prefix_cache": f"off: {no_cache}" if no_cache else "on",
         "packing": f"off: {no_packing}" if no_packing else str(packing_kernel(model, packing)),
+        "precision": precision.describe(model),
     }

@@ -2,8 +2,12 @@
 
 Everything returns the bare decoder (``AutoModel``, no LM head) and its tokenizer with a pad
 token set. The decoder is loaded with the ``echo_packed`` attention implementation where the
-architecture allows it (plain SDPA except for the engine's packed batches). GGUF files are dequantized by transformers once and cached as safetensors, since
-the conversion takes 30-90 s and a converted copy loads in about a second.
+architecture allows it (plain SDPA except for the engine's packed batches), in the precision
+``dtype`` asks (``auto``: :mod:`~echo_embeddings.engine.precision`), placed by ``device`` or by a
+``device_map`` / ``quantization_config`` (:class:`Placement` records which). GGUF files are
+dequantized by transformers once and cached as fp32 safetensors (the exact dequantized values;
+a bf16 load casts them tensor by tensor), since the conversion takes 30-90 s and a converted
+copy loads in about a second.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .aliases import ALIASES, DEFAULT_MODEL, EmbeddedModel, register_alias  # noqa: F401  (re-exported)
 from .packing import register_packed_attention
+from .precision import check_quantization, quantize_int8, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -97,27 +103,61 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+@dataclass(frozen=True)
+class Placement:
+    """Where and in what precision a decoder was loaded: the machine's choices, never saved.
+
+    Attributes:
+        dtype: the decoder's dtype.
+        reason: why that dtype (``"as asked"`` or what ``auto`` found on this machine).
+        quantization: ``"int8"`` (torchao weight-only), ``"bitsandbytes"`` (a ``quantization_config``) or None.
+        delegated: accelerate or a quantization library placed the weights (``device_map`` or
+            ``quantization_config``): nothing may move the model afterwards.
+    """
+
+    dtype: torch.dtype
+    reason: str
+    quantization: str | None = None
+    delegated: bool = False
+
+    def __str__(self) -> str:
+        text = f"{str(self.dtype).removeprefix('torch.')} ({self.reason})"
+        return text + (f", {self.quantization} weights" if self.quantization else "")
 
 
 def load_decoder(
     name_or_path: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    *,
+    quantize: str | None = None,
     **model_kwargs,
 ):
-    """The bare decoder and its tokenizer, on ``device`` in ``dtype``, with a pad token set."""
+    """The bare decoder, its tokenizer (with a pad token set) and its :class:`Placement`.
+
+    ``dtype`` None or ``"auto"`` picks bf16 where the device runs it natively
+    (:mod:`~echo_embeddings.engine.precision`). ``model_kwargs`` go to ``from_pretrained``: with a
+    ``device_map`` (``"auto"`` shards over the GPUs, offloading to CPU and disk when they are
+    full) or a ``quantization_config`` (bitsandbytes 8-bit / 4-bit), transformers places the
+    weights and the model is never moved afterwards; otherwise it is loaded straight onto
+    ``device``. ``quantize="int8"`` stores the linear layers' weights as int8 once loaded.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    check_quantization(quantize)
+    delegated = model_kwargs.get("device_map") is not None or model_kwargs.get("quantization_config") is not None
+    if delegated and device is not None:
+        raise ValueError("Pass device or a device_map / quantization_config, not both: with those, transformers places the weights")
+    if quantize and model_kwargs.get("quantization_config") is not None:
+        raise ValueError("quantize='int8' and a quantization_config both quantize the weights; pass one of them")
+    for key in ("dtype", "torch_dtype"):
+        if key in model_kwargs:
+            raise ValueError(f"Pass the precision as dtype=..., not in model_kwargs[{key!r}]")
     folder = resolve(name_or_path)
     device = torch.device(device) if device is not None else default_device()
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or default_dtype(device)
+    dtype, reason = resolve_dtype(dtype, device)
+    if not delegated and device.type != "cpu":
+        model_kwargs["device_map"] = {"": str(device)}  # straight onto the device, no copy on the host first
     config = AutoConfig.from_pretrained(folder, **{k: v for k, v in model_kwargs.items() if k == "trust_remote_code"})
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{name_or_path} is an encoder-decoder model; echo-embeddings needs a decoder-only (causal) model")
@@ -130,10 +170,15 @@ def load_decoder(
             model = AutoModel.from_pretrained(folder, dtype=dtype, **model_kwargs)
     else:
         model = AutoModel.from_pretrained(folder, dtype=dtype, **model_kwargs)
-    model = model.to(device).eval()
+    model.eval()
+    if quantize == "int8":
+        quantize_int8(model)
+    given = model_kwargs.get("quantization_config")
+    method = getattr(given, "quant_method", type(given).__name__)  # "bitsandbytes", "gptq", ... (an enum in transformers)
+    quantization = quantize or (str(getattr(method, "value", method)) if given is not None else None)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ensure_pad_token(tokenizer)
-    return model, tokenizer
+    return model, tokenizer, Placement(dtype, reason, quantization, delegated)
 
 
 def ensure_pad_token(tokenizer) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 from functools import lru_cache
 
+import torch
 from torch import nn
 
 _LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer")
@@ -30,6 +31,18 @@ def _cache_keyword_of(forward_class: type) -> str | None:
 def cache_keyword(model: nn.Module) -> str | None:
     """The name under which this model's forward takes a key/value cache, or None if it takes none."""
     return _cache_keyword_of(type(model))
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where the decoder's inputs go: its input embeddings' device, or, when accelerate placed the
+    model over several devices (``device_map``) and offloaded the embeddings, the device they run on."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is None:
+        return next(model.parameters()).device
+    execution = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device(execution) if not isinstance(execution, int) else torch.device("cuda", execution)
+    return embeddings.weight.device
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

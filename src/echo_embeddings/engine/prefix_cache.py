@@ -18,7 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import DynamicCache
 
 from .forward import LayerPlan, forward_hidden
-from .model_parts import cache_keyword
+from .model_parts import cache_keyword, input_device
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,7 +46,8 @@ def watch_optimizer_steps() -> None:
 def weights_version(model: nn.Module) -> tuple[int, int, int]:
     """Changes whenever the weights may have: an in-place update (``load_state_dict``, a manual
     edit), any optimizer step, or a parameter's storage being swapped."""
-    params = list(model.parameters())
+    # Inference tensors (weights accelerate streamed in for an offloaded layer) keep no version.
+    params = [p for p in model.parameters() if not p.is_inference()]
     return sum(p._version for p in params), _optimizer_steps, sum(p.data_ptr() for p in params)
 
 
@@ -101,7 +102,7 @@ class PrefixCache:
 
 
 def _forward_prefix(model: nn.Module, ids: tuple[int, ...], depth: int) -> KeyValues:
-    device = next(model.parameters()).device
+    device = input_device(model)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     cache = DynamicCache(config=model.config)
     last = torch.tensor([len(ids) - 1], device=device)

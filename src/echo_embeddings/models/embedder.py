@@ -27,7 +27,7 @@ from .._version import __version__
 from ..engine.batching import Batch
 from ..engine.engine import Engine
 from ..engine.inputs import check_texts
-from ..engine.loading import load_decoder
+from ..engine.loading import Placement, load_decoder
 from ..engine.presets import CHECKPOINT_PRESETS, PRESETS, Preset
 from ..engine.settings import SETTING_NAMES, EmbedderSettings, with_setting_attributes
 from ..engine.template import Template
@@ -38,13 +38,18 @@ FINGERPRINT_STRIDE = 1009
 changed since it was loaded (an optimizer step or a merge changes nearly all of them)."""
 
 
-def weights_fingerprint(model: torch.nn.Module) -> tuple[float, ...]:
+def weights_fingerprint(model: torch.nn.Module) -> tuple[float | str, ...]:
     """A cheap summary of a decoder's weights: a strided sample of each parameter, summed."""
     with torch.no_grad():
-        return tuple(
-            float(p.detach().reshape(-1)[::FINGERPRINT_STRIDE].double().sum()) if p.device.type != "meta" else float("nan")
-            for p in model.parameters()
-        )
+        return tuple(_sample_sum(p) for p in model.parameters())
+
+
+def _sample_sum(p: torch.Tensor) -> float | str:
+    if p.device.type == "meta":
+        return "offloaded"  # accelerate keeps an offloaded weight elsewhere; it cannot train there
+    if type(p.data) is not torch.Tensor:
+        return type(p.data).__name__  # a quantized weight (torchao): fixed once quantized
+    return float(p.detach().reshape(-1)[::FINGERPRINT_STRIDE].double().sum())
 
 
 @with_setting_attributes(lambda module: module.engine)
@@ -57,10 +62,19 @@ class EchoEmbedder(InputModule):
         strategy: a preset name, :class:`Preset`, :class:`Template` or template string (default
             ``echo``, or the released checkpoints' own templates when loaded by their id).
         device: where to load the decoder (CUDA when available, else the CPU).
-        dtype: its precision (bf16 on CUDA, fp32 on the CPU unless given).
+        dtype: its precision: ``"auto"`` (default) is bf16 on GPUs and on CPUs with native bf16,
+            fp32 elsewhere (:mod:`~echo_embeddings.engine.precision`); or ``"float32"``,
+            ``"bfloat16"``, ``"float16"``.
+        quantize: ``"int8"`` stores the decoder's linear layers as int8 weights (torchao).
+        device_map: accelerate's placement (``"auto"`` shards over the GPUs); instead of ``device``.
+        quantization_config: a transformers quantization config (bitsandbytes 8-bit / 4-bit).
         model: an already loaded decoder; it is not modified.
         tokenizer: the loaded decoder's tokenizer.
         model_kwargs: extra keyword arguments for ``AutoModel.from_pretrained``.
+
+    ``dtype``, ``quantize``, ``device_map``, ``quantization_config`` and ``model_kwargs`` are the
+    machine's choices: they are shown in ``repr`` and never saved (a saved model loads in the
+    precision and placement its new machine asks for).
         **settings: the :class:`~echo_embeddings.engine.settings.EmbedderSettings` fields
             (``output_layer``, ``tp_layers``, ``max_seq_length``, ``prefix_cache``, ``packing``, ...).
             Each is an attribute of the module too; setting it takes effect at once and is saved.
@@ -68,8 +82,9 @@ class EchoEmbedder(InputModule):
 
     config_file_name = CONFIG_FILE
     config_keys = list(SETTING_NAMES)
-    forward_kwargs = {"instruction"}
-    """``model.encode(texts, instruction=...)`` fills the query template's ``{instruction}``."""
+    forward_kwargs = {"instruction", "output_dtype"}
+    """``model.encode(texts, instruction=...)`` fills the query template's ``{instruction}``;
+    ``output_dtype`` (given by the model) is the dtype of the module that takes the vectors next."""
 
     def __init__(
         self,
@@ -78,6 +93,9 @@ class EchoEmbedder(InputModule):
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        quantize: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        quantization_config: Any = None,
         model: torch.nn.Module | None = None,
         tokenizer: Any = None,
         model_kwargs: dict[str, Any] | None = None,
@@ -91,12 +109,19 @@ class EchoEmbedder(InputModule):
         if strategy is None:
             strategy = CHECKPOINT_PRESETS.get(str(model_name_or_path), "echo")
         EmbedderSettings(strategy=strategy, **settings)  # type: ignore[arg-type]  # fail before loading any weights
+        self.placement: Placement | None = None
+        """Precision and placement chosen when the decoder was loaded (None for a model object)."""
         if model is None:
             if model_name_or_path is None:
                 raise ValueError("Pass a model id, folder, .gguf path or alias, or a loaded model and tokenizer")
-            model, tokenizer = load_decoder(model_name_or_path, device=device, dtype=dtype, **(model_kwargs or {}))
+            placement = {k: v for k, v in (("device_map", device_map), ("quantization_config", quantization_config)) if v is not None}
+            model, tokenizer, self.placement = load_decoder(
+                model_name_or_path, device=device, dtype=dtype, quantize=quantize, **placement, **(model_kwargs or {})
+            )
         elif tokenizer is None:
             raise ValueError("A loaded model needs its tokenizer too")
+        elif quantize or device_map is not None or quantization_config is not None:
+            raise ValueError("quantize, device_map and quantization_config apply when loading; a model passed in is used as it is")
         self.model = model  # a submodule: .to(), parameters() and state_dict() see the decoder
         self.engine = Engine(model, tokenizer, strategy, **settings)
         self.self_contained = False
@@ -134,8 +159,10 @@ class EchoEmbedder(InputModule):
         prepared = self.prepare(inputs, prompt, task, instruction)
         return self.engine.collate(prepared, self.engine.preset.templates(task)[0].pooling).as_features()
 
-    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        features["sentence_embedding"] = self.engine.forward(Batch.from_features(features))
+    def forward(self, features: dict[str, Any], output_dtype: torch.dtype | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Pooled vectors, in fp32 whatever the decoder's dtype, or in ``output_dtype``."""
+        vectors = self.engine.forward(Batch.from_features(features))
+        features["sentence_embedding"] = vectors if output_dtype is None else vectors.to(output_dtype)
         return features
 
     # -- LoRA -------------------------------------------------------------------------------
@@ -143,6 +170,8 @@ class EchoEmbedder(InputModule):
         """Put a LoRA adapter into the decoder (see :func:`echo_embeddings.add_lora`)."""
         if self.lora is not None:
             raise ValueError("This model already has a LoRA adapter; merge it first (echo_embeddings.merge_lora)")
+        if self.placement is not None and self.placement.quantization == "int8":
+            raise ValueError("An int8-quantized decoder (quantize='int8') is for inference; load it without quantize to train")
         resolved = lora.lora_settings(**settings)
         lora.inject(self.model, resolved)
         self.lora = resolved
@@ -190,6 +219,12 @@ class EchoEmbedder(InputModule):
         if self.lora is not None:
             lora.save_adapter(self.model, output_path)
         elif self.unchanged_base() is None:
+            if self.placement is not None and self.placement.quantization:
+                raise ValueError(
+                    f"This decoder's weights are {self.placement.quantization}-quantized, a choice of this machine that a save "
+                    "does not keep: save it from a model loaded without quantization (a model loaded from an alias or a "
+                    "Hugging Face id saves without its weights, naming the base, and can be saved quantized)"
+                )
             self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.save_tokenizer(output_path)
         self.save_config(output_path)
@@ -206,9 +241,10 @@ class EchoEmbedder(InputModule):
         settings = EmbedderSettings.from_config(config, f"{folder}/{CONFIG_FILE}")
         model_kwargs = dict(kwargs.get("model_kwargs") or {})
         dtype = model_kwargs.pop("dtype", None) or model_kwargs.pop("torch_dtype", None)
-        device = kwargs.get("device")
+        quantize = model_kwargs.pop("quantize", None)
+        device = kwargs.get("device") if model_kwargs.get("device_map") is None and model_kwargs.get("quantization_config") is None else None
         given = {name: getattr(settings, name) for name in SETTING_NAMES}
-        module = cls(base or str(folder), dtype=dtype, device=device, model_kwargs=model_kwargs, **given)
+        module = cls(base or str(folder), dtype=dtype, quantize=quantize, device=device, model_kwargs=model_kwargs, **given)
         if adapter:
             module.add_lora(**adapter)
             lora.load_adapter(module.model, folder)
@@ -216,4 +252,5 @@ class EchoEmbedder(InputModule):
 
     def __repr__(self) -> str:
         config = {key: getattr(self, key) for key in self.config_keys}
-        return f"EchoEmbedder({config | {'architecture': type(self.model).__name__, **self.engine.fast_paths}})"
+        loaded = {"loaded_as": str(self.placement)} if self.placement is not None else {}
+        return f"EchoEmbedder({config | {'architecture': type(self.model).__name__, **loaded, **self.engine.fast_paths}})"

@@ -37,6 +37,29 @@ class EchoSentenceTransformer(SentenceTransformer):
     MTEB's ``passage``/``corpus``) to their templates. ``batch_size`` defaults to 256: a cap, below
     which the token budget decides."""
 
+    @property
+    def _device_map(self) -> Any:
+        """sentence-transformers' record of a device map. A decoder placed by a ``device_map`` or
+        a quantization library counts as one, so nothing moves it (not even
+        ``SentenceTransformer.__init__``) and the modules after it follow it."""
+        given = self.__dict__.get("_given_device_map")
+        placement = getattr(self._modules.get("0"), "placement", None)
+        return "placed when loaded" if given is None and placement is not None and placement.delegated else given
+
+    @_device_map.setter
+    def _device_map(self, value: Any) -> None:
+        self.__dict__["_given_device_map"] = value
+
+    def forward(self, input: dict[str, Any], **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """sentence-transformers' forward; the echo module pools in fp32 and hands the vectors on
+        in the dtype of the next module with weights (sentence-transformers casts those, a
+        ``Dense`` say, to the decoder's dtype)."""
+        if isinstance(self._modules.get("0"), EchoEmbedder):
+            weights = (p.dtype for module in list(self.children())[1:] for p in module.parameters() if p.is_floating_point())
+            if (dtype := next(weights, None)) is not None:
+                kwargs.setdefault("output_dtype", dtype)
+        return super().forward(input, **kwargs)
+
     def encode(self, inputs: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
         if inputs is None:
             if "sentences" not in kwargs:

@@ -56,8 +56,14 @@ class Whitening(Module):
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         embeddings = features["sentence_embedding"]
-        features["sentence_embedding"] = (embeddings - self.mean.to(embeddings.dtype)) @ self.projection.to(embeddings.dtype)
+        features["sentence_embedding"] = (embeddings.float() - self.mean) @ self.projection
         return features
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Whitening:
+        """Moves follow the model; casts do not: the statistics stay fp32 under a bf16 decoder
+        (sentence-transformers casts every module to the decoder's dtype), and so does the output."""
+        super()._apply(lambda t: fn(t).to(t.dtype) if t.is_floating_point() else fn(t), recurse)
+        return self
 
     def get_embedding_dimension(self) -> int:
         return self.out_features
