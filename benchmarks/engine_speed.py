@@ -2,6 +2,7 @@
 
     python benchmarks/engine_speed.py                       # 2,000 STS-B dev sentences, smollm2-135m
     python benchmarks/engine_speed.py --texts 20000 --rows a,c
+    python benchmarks/engine_speed.py --dtype float32                      # the tables' fp32 rows
 
 Rows: (a) stock sentence-transformers Transformer + mean Pooling, no prompt; (b) echo the way
 the original code runs it (benchmarks/reference_echo.py); (c) this package's echo; (d) PromptEOL
@@ -163,12 +164,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="fixed batch size of rows (a) and (b)")
     parser.add_argument("--check", type=int, default=256, help="texts compared with the unoptimized path")
     parser.add_argument("--early-exit", type=int, default=-9, help="output layer of row (e) (default: hidden state 22 of 30)")
+    parser.add_argument("--dtype", default="auto", help="the decoder's precision for every row (default: auto, bf16 where native)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
 
     texts, repeated = read_texts(args.data, args.texts, args.column)
     torch.set_grad_enabled(False)
     folder = resolve(args.model)
-    st = echo_embeddings.load(folder, "echo")
+    st = echo_embeddings.load(folder, "echo", dtype=args.dtype, device=args.device)
     base = st[0].engine
     model, tokenizer, device = base.model, base.tokenizer, base.device
     dtype = next(model.parameters()).dtype

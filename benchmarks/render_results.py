@@ -33,8 +33,10 @@ CHARTS = {
     "engine_speed": (["time vs (a)"], False),
     "serve_load": (["vs offline encode", "lock per call vs offline"], True),
     "truncation_quality": (["STS-B dev", "SICK trial"], True),
+    "cpu_precision": (["speed vs fp32"], True),
+    "big_models": (["load peak / weights"], False),
 }
-NO_BOLD = {"serve_load", "engine_speed"}
+NO_BOLD = {"serve_load", "engine_speed", "cpu_precision", "big_models"}
 """Tables whose columns mix directions (rates and latencies): no best value is marked."""
 
 

@@ -134,3 +134,19 @@ def test_the_train_command_keeps_fp32_on_the_cpu_and_auto_on_gpus() -> None:
     assert training_dtype("cpu") == "float32"
     assert training_dtype("cuda:1") == "auto"
     assert training_dtype(None) == ("auto" if torch.cuda.is_available() else "float32")
+
+
+def test_modules_after_a_bf16_decoder_run(tmp_path: Path) -> None:
+    """sentence-transformers casts the modules after the decoder to its dtype: a Dense then takes
+    the pooled vectors in bf16 (it failed on fp32 ones before), a whitening keeps fp32 statistics."""
+    from helpers import save_dense_model
+
+    folder = save_dense_model(tmp_path)
+    fp32 = echo_embeddings.load(str(folder), device="cpu", dtype="float32").encode(TEXTS)
+    bf16 = echo_embeddings.load(str(folder), device="cpu", dtype="bfloat16")
+    assert next(bf16[1].parameters()).dtype == torch.bfloat16
+    assert cosine(bf16.encode(TEXTS), fp32).min() >= 0.99
+    whitened = echo_embeddings.load(str(tmp_path / "decoder"), device="cpu", dtype="bfloat16")
+    echo_embeddings.fit_whitening(whitened, [f"text number {i} about {t}" for i, t in enumerate(TEXTS * 10)], dim=8)
+    assert {b.dtype for b in whitened[1].buffers()} == {torch.float32}
+    assert whitened.encode(TEXTS).shape == (4, 8)

@@ -5,11 +5,13 @@
 - CUDA: bf16 where the GPU supports it (Ampere and later), else fp32.
 - CPU: bf16 when the CPU has native bf16 instructions (AVX512-BF16 or AMX: current Xeon and
   EPYC), else fp32, since CPUs without them emulate bf16 slowly. On this project's 2-core
-  AVX512-BF16 machine, bf16 ran SmolLM2-135M echo 1.8x and Gemma 3 270M 1.7x as fast as fp32,
-  with cosine to the fp32 vectors at least 0.9999 (``docs/generated/cpu_precision.md``).
+  AVX512-BF16 machine, bf16 ran SmolLM2-135M echo 1.83x and Gemma 3 270M 1.55x as fast as fp32,
+  with cosine to the fp32 vectors at least 0.9999 and STS-B dev and SciFact within 0.21 points
+  (``docs/generated/cpu_precision.md``).
 
 ``quantize="int8"`` stores the decoder's linear layers as int8 weights (torchao's weight-only
-int8; activations keep the model's dtype), halving their memory against bf16. The choice made
+int8; activations keep the model's dtype), halving their memory against bf16; on that CPU it was
+no faster than bf16. The choice made
 is kept as a short text that ``repr(model[0])`` and ``fast_paths`` show.
 """
 
