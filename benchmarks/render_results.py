@@ -35,6 +35,7 @@ CHARTS = {
     "truncation_quality": (["STS-B dev", "SICK trial"], True),
     "cpu_precision": (["speed vs fp32"], True),
     "big_models": (["load peak / weights"], False),
+    "mteb_instructions": (["mean"], True),
 }
 NO_BOLD = {"serve_load", "engine_speed", "cpu_precision", "big_models"}
 """Tables whose columns mix directions (rates and latencies): no best value is marked."""

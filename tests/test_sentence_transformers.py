@@ -64,6 +64,13 @@ def test_prompt_fills_the_instruction(make_model) -> None:
     embedder = model[0].engine
     custom = model.encode_query(["q"], prompt="Find duplicates", convert_to_tensor=True)
     assert torch.allclose(custom[0], embedder.encode(["q"], "query", instruction="Find duplicates")[0], atol=1e-5)
+    # A prompt for symmetric inputs goes to the query template's instruction (echo's sentence
+    # template has none), as MTEB's STS or classification prompts do.
+    symmetric = model.encode(["q"], prompt="Find duplicates", convert_to_tensor=True)
+    assert torch.allclose(symmetric, custom, atol=1e-5)
+    # The document template has no {instruction} either, but is asked for by name: prepended.
+    document = model.encode_document(["q"], prompt="Topic: ", convert_to_tensor=True)
+    assert torch.allclose(document[0], embedder.encode(["Topic: q"], "document")[0], atol=1e-5)
     # A template without {instruction} gets the prompt prepended, as sentence-transformers does.
     mean = make_model("mean")
     prompted = mean.encode(["q"], prompt="Topic: ", convert_to_tensor=True)

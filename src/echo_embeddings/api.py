@@ -17,7 +17,9 @@ from .engine.loading import default_device
 from .engine.precision import resolve_dtype
 from .engine.presets import Preset
 from .engine.template import Template
+from .models import model_card
 from .models.embedder import EchoEmbedder
+from .models.prompts import default_prompts
 from .models.sentence_transformer import EchoSentenceTransformer
 
 
@@ -91,12 +93,15 @@ def load(
         first = model[0]
         if isinstance(first, EchoEmbedder) and first.placement is not None:
             first.placement = dataclasses.replace(first.placement, reason=reason)
+        model.load_arguments = {"model_name_or_path": str(model_name_or_path)}
+        model_card.name_for_results(model, str(model_name_or_path), saved=True)
         return model
     module = EchoEmbedder(model_name_or_path, strategy, device=device, dtype=dtype, quantize=quantize, model_kwargs=machine, **options)
-    # Empty prompts named "query"/"document" let harnesses that select prompts by name (MTEB)
-    # reach the query and document templates; the text itself gets nothing prepended.
-    prompts = {"query": "", "document": ""}
-    return EchoSentenceTransformer(modules=[module], device=str(module.engine.device), prompts=prompts)
+    # The task instructions for MTEB's prompt lookup, and empty "query"/"document" prompts.
+    model = EchoSentenceTransformer(modules=[module], device=str(module.engine.device), prompts=default_prompts(module.engine.preset))
+    model.load_arguments = {"model_name_or_path": str(model_name_or_path), "strategy": module.engine.preset.name if strategy is None else strategy, **options}
+    model_card.name_for_results(model, str(model_name_or_path), saved=False)
+    return model
 
 
 def add_lora(

@@ -137,17 +137,31 @@ class EchoEmbedder(InputModule):
         return self.engine.hidden_size
 
     # -- sentence-transformers protocol -----------------------------------------------------
+    def _has_instruction(self, task: str | None) -> bool:
+        return any(p.kind == "instruction" for t in self.engine.preset.templates(task) for p in t.pieces)
+
+    def prompt_task(self, prompt: str | None, task: str | None) -> str | None:
+        """The task whose templates run for a sentence-transformers ``prompt``: ``task`` itself,
+        except that a prompt for symmetric inputs (no task) goes to the query templates when only
+        they have an ``{instruction}`` (echo's templates): that is how instructed symmetric tasks
+        run, as the echo paper ran MTEB."""
+        if prompt and task is None and not self._has_instruction(None) and self._has_instruction("query"):
+            return "query"
+        return task
+
     def _with_prompt(self, texts: list[str], prompt: str | None, task: str | None, instruction: str | None) -> tuple[list[str], str | None]:
-        """A sentence-transformers ``prompt`` fills the template's ``{instruction}``; a template
-        without one gets the prompt prepended to the text, as sentence-transformers does."""
+        """A sentence-transformers ``prompt`` fills the ``{instruction}`` of the templates of
+        :meth:`prompt_task`; where they have none, it is prepended to the text, as
+        sentence-transformers does."""
         if not prompt:
             return texts, instruction
-        if any(p.kind == "instruction" for t in self.engine.preset.templates(task) for p in t.pieces):
+        if self._has_instruction(task):
             return texts, instruction if instruction is not None else prompt
         return [prompt + t for t in texts], instruction
 
     def prepare(self, inputs: Sequence[str], prompt: str | None = None, task: str | None = None, instruction: str | None = None) -> list:
-        """Each text tokenized once and laid into the templates of ``task``."""
+        """Each text tokenized once and laid into the templates of ``task`` (see :meth:`prompt_task`)."""
+        task = self.prompt_task(prompt, task)
         texts, instruction = self._with_prompt(check_texts(inputs), prompt, task, instruction)
         return self.engine.prepare(texts, task, instruction)
 
@@ -157,7 +171,7 @@ class EchoEmbedder(InputModule):
         """Lay texts into the template for ``task`` ("query", "document" or None): the features of
         one batch, as the trainer's collator and ``model.preprocess`` expect."""
         prepared = self.prepare(inputs, prompt, task, instruction)
-        return self.engine.collate(prepared, self.engine.preset.templates(task)[0].pooling).as_features()
+        return self.engine.collate(prepared, self.engine.preset.templates(self.prompt_task(prompt, task))[0].pooling).as_features()
 
     def forward(self, features: dict[str, Any], output_dtype: torch.dtype | None = None, **kwargs: Any) -> dict[str, Any]:
         """Pooled vectors, in fp32 whatever the decoder's dtype, or in ``output_dtype``."""
@@ -199,7 +213,12 @@ class EchoEmbedder(InputModule):
             return None
         if Path(self.source).exists() or self.source.lower().endswith(".gguf"):
             return None  # a local path need not exist where the saved folder goes
-        return self.source if weights_fingerprint(self.model) == self._loaded_weights else None
+        return self.source if self.weights_as_loaded() else None
+
+    def weights_as_loaded(self) -> bool:
+        """Whether the decoder's weights are still those loaded from ``source`` (False for a model
+        object handed in: nothing was loaded)."""
+        return self._loaded_weights is not None and weights_fingerprint(self.model) == self._loaded_weights
 
     # -- save / load ------------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:

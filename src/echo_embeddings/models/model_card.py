@@ -5,13 +5,62 @@ token prepending, the modules after the echo module and any LoRA adapter."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from .._version import __version__
 from ..engine.aliases import ALIASES
+from .embedder import weights_fingerprint
 
 PLACEHOLDER = "sentence_transformers_model_id"
+RESULTS_ORG = "echo-embeddings"
+
+
+def name_for_results(model: Any, reference: str, saved: bool) -> None:
+    """Name the model where MTEB reads the name and revision it files results under (the card
+    data's ``model_name`` and ``base_model_revision``; unset, every model's results would land in
+    ``no_model_name/available``):
+
+    - ``model_name``: a saved model's hub id, or ``echo-embeddings/<folder>``; otherwise
+      ``echo-embeddings/<base model>-<strategy>``. A name already set is kept.
+    - ``base_model_revision``: :func:`configuration_fingerprint`, read afresh each time the card
+      data is (``EchoSentenceTransformer.model_card_data``), so that a configuration changed after
+      loading (another layer, prompts, a fitted whitening, training) never shares a results folder.
+    """
+    data = model.model_card_data
+    if not data.model_name:
+        if saved:
+            local = Path(reference).expanduser()
+            data.model_name = f"{RESULTS_ORG}/{local.resolve().name}" if local.exists() else reference
+        else:
+            base = reference if reference in ALIASES else Path(reference).name.removesuffix(".gguf")
+            data.model_name = f"{RESULTS_ORG}/{base}-{model[0].engine.preset.name}"
+    model.revision_tracks_configuration = True
+    model.loaded_configuration = configuration_fingerprint(model, with_prompts=False)
+
+
+def configuration_fingerprint(model: Any, with_prompts: bool = True) -> str:
+    """``echo-`` and 12 hex digits of a hash over what decides the vectors: every module's saved
+    config, the model's prompts (unless ``with_prompts`` is False), a strided sample of the
+    decoder's weights (an adapter's, a full fine-tune's and the precision's changes show in it) and
+    the weights of the modules after the echo module (a whitening's statistics, a ``Dense``)."""
+    digest = hashlib.sha256(json.dumps(model.prompts if with_prompts else None, sort_keys=True).encode())
+    for index, module in enumerate(model):
+        config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
+        config = {k: v for k, v in config.items() if k != "requires"}
+        digest.update(json.dumps([type(module).__name__, config], sort_keys=True, default=str).encode())
+        if index == 0 and hasattr(module, "model"):
+            digest.update(repr(weights_fingerprint(module.model)).encode())
+            continue
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "echo-" + digest.hexdigest()[:12]
 
 
 def echo_section(model: Any, reference: str) -> str:

@@ -37,6 +37,28 @@ class EchoSentenceTransformer(SentenceTransformer):
     MTEB's ``passage``/``corpus``) to their templates. ``batch_size`` defaults to 256: a cap, below
     which the token budget decides."""
 
+    load_arguments: dict[str, Any] | None = None
+    """The arguments :func:`echo_embeddings.load` built this model from (what a loader needs to
+    build it again, see :func:`echo_embeddings.evaluation.mteb_meta.model_meta`); None otherwise."""
+    loaded_configuration: str | None = None
+    """The configuration fingerprint, without the prompts, when ``load`` returned the model."""
+    revision_tracks_configuration = False
+    """Set by ``load``: the card data's ``base_model_revision`` (MTEB's revision) is the
+    configuration fingerprint, refreshed on each read of :attr:`model_card_data`."""
+
+    @property
+    def model_card_data(self) -> Any:
+        """sentence-transformers' card data; its ``base_model_revision`` follows the configuration
+        that runs where ``load`` named the model (:func:`~echo_embeddings.models.model_card.name_for_results`)."""
+        data = self.__dict__["_model_card_data"]
+        if self.revision_tracks_configuration:
+            data.base_model_revision = model_card.configuration_fingerprint(self)
+        return data
+
+    @model_card_data.setter
+    def model_card_data(self, value: Any) -> None:
+        self.__dict__["_model_card_data"] = value
+
     @property
     def _device_map(self) -> Any:
         """sentence-transformers' record of a device map. A decoder placed by a ``device_map`` or
@@ -138,7 +160,7 @@ class EchoSentenceTransformer(SentenceTransformer):
             )
         device = self._resolve_inference_device(device)
         self.eval()
-        task = kwargs.get("task")
+        task = first.prompt_task(prompt, kwargs.get("task"))
         prepared = first.prepare(inputs, prompt, task, kwargs.get("instruction"))
 
         def forward(batch: Batch) -> torch.Tensor:
