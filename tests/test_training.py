@@ -58,6 +58,8 @@ def test_a_few_lora_steps_separate_the_pairs_and_train_only_the_adapter(tmp_path
     saved = json.loads((tmp_path / "out" / "echo_embeddings_config.json").read_text())
     assert saved["lora"]["r"] == 16 and saved["base_model"] == str((tmp_path / "base").resolve())
     assert not (tmp_path / "out" / "model.safetensors").exists()
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")  # what runs, and what it was trained on
+    assert "**LoRA adapter:** rank 16" in card and "## Training Details" in card and f"Size: {len(rows)} training samples" in card
     again = echo_embeddings.load(str(tmp_path / "out"), device="cpu")
     assert torch.allclose(again.encode(TEXTS, convert_to_tensor=True), model.encode(TEXTS, convert_to_tensor=True), atol=1e-6)
 

@@ -78,6 +78,10 @@ def load(
     bf16 on GPUs and on CPUs with native bf16, else fp32), ``quantize="int8"`` (torchao int8
     weights), ``device_map`` (``"auto"`` shards over the GPUs) or ``quantization_config``
     (bitsandbytes) instead of ``device``, and ``model_kwargs`` for ``from_pretrained``.
+
+    The model comes named for MTEB's result files, with a revision that follows its configuration
+    (:func:`~echo_embeddings.models.model_card.name_for_results`), and with MTEB task instructions
+    where its strategy was trained with them (:mod:`~echo_embeddings.models.prompts`).
     """
     machine = dict(model_kwargs or {})
     machine.update({k: v for k, v in (("device_map", device_map), ("quantization_config", quantization_config)) if v is not None})

@@ -2,7 +2,8 @@
 
 Every command and API that reads a file comes here: ``embed`` and ``fit-whitening`` (texts),
 ``evaluate`` (STS pairs, classification sets, BEIR retrieval folders), ``train`` (scored pairs,
-pairs, triplets, pairs made from a corpus) and the Ray reader (its CSV/TSV rows).
+pairs, triplets, pairs made from a corpus, the passages queries are written for) and the Ray
+reader (its CSV/TSV rows).
 
 - **TSV** (``.tsv`` and any other suffix with tab-separated columns) has no quoting: a field runs
   from tab to tab, and a ``"`` is an ordinary character (as in the GLUE and STS-B files).
@@ -286,6 +287,68 @@ def read_training_files(paths: Sequence[str | Path], text_columns: Sequence[str]
     if len(kinds) > 1:
         raise DataError(f"training files of different shapes cannot be mixed: {', '.join(f'{p.source} ({p.kind})' for p in parts)}")
     return TrainingData(parts[0].kind, [r for p in parts for r in p.rows], ", ".join(p.source for p in parts), parts[0].columns)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One passage of a corpus to write queries for; ``where`` names its file and line (or row)."""
+
+    id: str
+    text: str
+    title: str = ""
+    where: str = ""
+
+
+def read_passages(path: str | Path, column: str | None = None) -> list[Passage]:
+    """The passages of a corpus, checked whole before any model work:
+
+    - a BEIR ``corpus.jsonl`` or any JSONL file: one object per line, the text in ``text`` (or
+      ``column``), the id in ``_id`` or ``id`` (else the line number), an optional ``title``;
+    - a Parquet file: the ``column`` (default ``text``) of each row, ids as in JSONL;
+    - any other file: paragraphs separated by blank lines (a paragraph's lines joined by spaces),
+      no titles.
+
+    A row without text, with a text that is not a string, or with an id seen before raises
+    :class:`DataError` naming the file and line (or row)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path).to_pylist()
+        records = [(f"{path} row {i}", str(i), record) for i, record in enumerate(table)]
+    elif suffix in (".jsonl", ".json"):
+        records = [(f"{path}:{number}", str(number), record) for number, record in _records(path)[1]]
+    else:
+        passages, lines, start = [], [], 0
+        for number, line in enumerate([*path.read_text(encoding="utf-8").splitlines(), ""], 1):
+            if line.strip():
+                start = start or number
+                lines.append(line.strip())
+            elif lines:
+                passages.append(Passage(f"p{len(passages)}", " ".join(lines), "", f"{path}:{start}"))
+                lines, start = [], 0
+        if not passages:
+            raise DataError(f"{path}: no passages (paragraphs separated by blank lines)")
+        return passages
+    field = column or "text"
+    passages, seen = [], {}
+    for where, number, record in records:
+        text = record.get(field)
+        if not isinstance(text, str) or not text.strip():
+            found = "no such field" if field not in record else f"{type(text).__name__} {text!r}"[:60]
+            raise DataError(f"{where}: expected a non-empty text in {field!r}, got {found}; its fields are {sorted(record)}")
+        ident = str(record.get("_id", record.get("id", number)))
+        if ident in seen:
+            raise DataError(f"{where}: id {ident!r} was already used at {seen[ident]}")
+        seen[ident] = where
+        title = record.get("title") or ""
+        passages.append(Passage(ident, text.strip(), str(title).strip(), where))
+    if not passages:
+        raise DataError(f"{path}: no passages")
+    return passages
 
 
 def pairs_from_corpus(path: str | Path, min_chars: int = 20) -> TrainingData:

@@ -8,8 +8,8 @@ import logging
 import sys
 from typing import Any
 
-from ..data import DataError, pairs_from_corpus, read_training_file, read_training_files
-from .common import add_device, check_model, load_model, split
+from ..data import DataError, pairs_from_corpus, read_passages, read_training_file, read_training_files
+from .common import add_device, check_model, check_output_file, load_model, split
 
 
 def training_dtype(device: str | None) -> str:
@@ -23,6 +23,18 @@ def add_parser(commands: Any) -> None:
     tr = commands.add_parser("train", help="fine-tune an echo model on labelled pairs, triplets, or pairs made from your corpus")
     tr.add_argument("train_files", nargs="*", metavar="TRAIN_FILE", help="TSV/CSV/JSONL: scored pairs (sentence1, sentence2, score), pairs or triplets")
     tr.add_argument("--pairs-from", default=None, metavar="CORPUS", help="no labels: make pairs from a BEIR corpus.jsonl (title, text) or a text file (neighbouring paragraphs)")
+    tr.add_argument(
+        "--queries-from", default=None, metavar="CORPUS",
+        help="no labels: the model writes a query for each passage of a BEIR corpus.jsonl, a JSONL/Parquet file or a text file of paragraphs, "
+        "keeps those whose passage it ranks in the top --filter-top-k, and trains on them with hard negatives "
+        "(unless given, --lora-layers below:7 and --max-seq-length 256: passages are long)",
+    )
+    tr.add_argument("--corpus-column", default=None, help="the text field of a JSONL/Parquet --queries-from corpus (default: text)")
+    tr.add_argument("--generator", default=None, help="the causal LM that writes the queries (default: --model)")
+    tr.add_argument("--queries-per-passage", type=int, default=1, help="queries written for each passage; more than one are sampled (default: %(default)s)")
+    tr.add_argument("--filter-top-k", type=int, default=3, help="keep a query when its own passage ranks in the top K (default: %(default)s)")
+    tr.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=True, help="train with the best-ranked other passage as a negative (default: on)")
+    tr.add_argument("--pairs-out", default=None, metavar="FILE", help="write every generated query (JSONL: passage_id, query, rank, kept, negative_id)")
     tr.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
     tr.add_argument("--strategy", default=None, help="preset or template (default: echo)")
     tr.add_argument("--out", required=True, help="folder for the trained model (checkpoints in OUT/checkpoints)")
@@ -87,28 +99,52 @@ def run(args: argparse.Namespace) -> None:
     from .. import training as tr
     from ..api import merge_lora
 
-    if bool(args.train_files) == bool(args.pairs_from):
-        raise DataError("give training files or --pairs-from CORPUS (one of the two)")
+    if sum(map(bool, (args.train_files, args.pairs_from, args.queries_from))) != 1:
+        raise DataError("give training files, --pairs-from CORPUS or --queries-from CORPUS (one of the three)")
     columns = split([args.text_columns]) if args.text_columns else None
     # Every file is read and checked before the model loads.
-    data = pairs_from_corpus(args.pairs_from) if args.pairs_from else read_training_files(args.train_files, columns, args.score_column)
+    passages = read_passages(args.queries_from, args.corpus_column) if args.queries_from else None
+    if passages is not None:
+        if args.queries_per_passage < 1 or args.filter_top_k < 1:
+            raise DataError("--queries-per-passage and --filter-top-k take a positive number")
+        if args.pairs_out:
+            check_output_file(args.pairs_out, "--pairs-out")
+        data = None
+    elif args.pairs_from:
+        data = pairs_from_corpus(args.pairs_from)
+    else:
+        data = read_training_files(args.train_files, columns, args.score_column)
     dev = read_training_file(args.dev, columns, args.score_column) if args.dev else None
+    if passages is not None:  # (query, passage, negative) rows of whole passages: the corpus-adaptation recipe's bounds
+        args.lora_layers = args.lora_layers or "below:7"
+        args.max_seq_length = args.max_seq_length or 256
     layers = _layers(args.lora_layers)
     try:
         dims = [int(d) for d in split([args.matryoshka_dims])] if args.matryoshka_dims else None
     except ValueError:
         raise DataError(f"--matryoshka-dims {args.matryoshka_dims!r}: give sizes such as 64,128,256") from None
-    tr.check_loss(data.kind, args.loss)
+    tr.check_loss("triplets" if data is None else data.kind, args.loss)
     for flag in ("max_seq_length", "max_batch_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise DataError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a positive number of tokens")
-    read_from = f" (columns {', '.join(data.columns)})" if data.columns else ""
-    print(f"{len(data)} {data.kind} from {data.source}{read_from}", file=sys.stderr)
+    if data is not None:
+        read_from = f" (columns {', '.join(data.columns)})" if data.columns else ""
+        print(f"{len(data)} {data.kind} from {data.source}{read_from}", file=sys.stderr)
+    else:
+        print(f"{len(passages)} passages from {args.queries_from}: writing queries for them", file=sys.stderr)
     check_model(args.model, args.strategy)
+    if args.generator:
+        check_model(args.generator, None)
     log = logging.getLogger("echo_embeddings.training")  # the run's summary (frozen-state reuse) to stderr
     log.setLevel(logging.INFO)
     log.addHandler(logging.StreamHandler(sys.stderr))
     model = load_model(args.model, args.strategy, args.device, args.dtype or training_dtype(args.device))
+    if data is None:
+        data = tr.queries_from_corpus(
+            model, passages, generator=args.generator, per_passage=args.queries_per_passage, top_k=args.filter_top_k,
+            hard_negatives=args.hard_negatives, pairs_out=args.pairs_out, seed=args.seed, source=f"queries written for {args.queries_from}",
+        )
+        print(f"{len(data)} {data.kind} kept from the generated queries", file=sys.stderr)
     try:
         tr.train(
             model, data, args.out, dev=dev, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,

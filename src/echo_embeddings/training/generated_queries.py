@@ -1,0 +1,293 @@
+"""Training data for retrieval without labels: a causal LM writes queries for the passages of a
+corpus (doc2query, InPars, Promptagator and GPL did this for other retrievers), the zero-shot
+embedder keeps the queries whose own passage it ranks near the top (round-trip consistency) and
+mines a hard negative for each, and the result trains like any (query, passage, negative) file.
+
+- :func:`load_generator`: the causal LM that writes (the embedded model's own weights with their
+  LM head, or another one).
+- :func:`generate_queries`: batched decoding with the KV cache, greedy for one query a passage
+  (deterministic) or sampled under a seed for several, each query stopping at a newline or
+  ``max_new_tokens``.
+- :func:`round_trip`: the filter and the hard negatives.
+- :func:`write_pairs`: the JSONL file of every generated query, kept or not, and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import DataError, Passage, TrainingData
+
+logger = logging.getLogger(__name__)
+
+ASK = "Passage: {passage}\n\nWrite a search query for this passage."
+"""The request for one passage (``{passage}``): a user turn for a chat model, after the examples."""
+
+FEW_SHOT = (
+    (
+        "Regular moderate exercise lowered resting blood pressure in adults with hypertension in a twelve-week "
+        "trial, with the largest drops in participants who walked at least thirty minutes a day.",
+        "does walking every day lower blood pressure in people with hypertension",
+    ),
+    (
+        "The bridge was closed in 1998 after inspectors found corrosion in its steel cables; a replacement "
+        "opened six years later a few hundred metres upstream.",
+        "corroded steel cables forced the old bridge to close",
+    ),
+    (
+        "Sourdough bread rises because wild yeast and lactic acid bacteria in the starter ferment the flour, "
+        "producing carbon dioxide and the acids that give the bread its sour taste.",
+        "why does sourdough bread taste sour",
+    ),
+    (
+        "A cache keeps recently computed results in fast memory, so a repeated request is answered without "
+        "running the slow computation again; its size limits how many results it can hold.",
+        "how a cache speeds up repeated requests",
+    ),
+)
+"""Worked examples shown before each passage (chat turns, or plain text for a base model),
+written for this package in several query forms (question, claim, keywords); no corpus's queries.
+A small model sometimes repeats one: such a query is dropped (see :func:`generate_queries`)."""
+
+BASE_PROMPT = "{shots}Passage: {passage}\nQuery:"
+SHOT = "Passage: {passage}\nQuery: {query}\n\n"
+
+
+@dataclass
+class GeneratedQuery:
+    """One generated query and what the filter made of it (a row of the ``--pairs-out`` file)."""
+
+    passage_id: str
+    query: str
+    rank: int | None = None
+    """Where the zero-shot embedder ranks the query's own passage among the corpus (1 = first)."""
+    kept: bool = False
+    negative_id: str | None = None
+    """The hard negative: the best-ranked other passage (None without hard negatives)."""
+
+
+def load_generator(name_or_path: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> tuple[Any, Any]:
+    """A causal LM with its LM head, and its tokenizer set up for batched generation (left
+    padding): an alias, ``.gguf`` file, Hugging Face id or folder, as :func:`echo_embeddings.load`
+    takes. The embedding model itself loads without the head, so this is a second copy of the
+    weights, held only while queries are written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..engine.loading import default_device, resolve
+    from ..engine.precision import resolve_dtype
+
+    folder = resolve(name_or_path)
+    device = torch.device(device) if device is not None else default_device()
+    dtype, _ = resolve_dtype(dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def is_chat_model(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_for(tokenizer: Any, passage: str, ask: str = ASK) -> str:
+    """The generation prompt for one passage: the :data:`FEW_SHOT` examples, then ``ask`` with the
+    passage; as chat turns for a chat model, as plain text (``Passage: ... Query: ...``) else."""
+    if is_chat_model(tokenizer):
+        turns: list[dict[str, str]] = []
+        for example, query in FEW_SHOT:
+            turns += [{"role": "user", "content": ask.format(passage=example)}, {"role": "assistant", "content": query}]
+        turns.append({"role": "user", "content": ask.format(passage=passage)})
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    shots = "".join(SHOT.format(passage=p, query=q) for p, q in FEW_SHOT)
+    return BASE_PROMPT.format(shots=shots, passage=passage)
+
+
+def clean_query(text: str) -> str:
+    """The first line of a generation, without a leading ``Query:`` label, list marker or quotes."""
+    line = text.strip().split("\n", 1)[0].strip()
+    line = re.sub(r"^(search )?query\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
+    line = re.sub(r"^(\d+[.)]|[-*•])\s+", "", line)
+    return line.strip().strip('"“”\'`').strip()
+
+
+def newline_token_ids(tokenizer: Any) -> list[int]:
+    """Every token whose text holds a newline: generation stops at any of them."""
+    vocabulary = tokenizer.get_vocab()
+    return sorted(i for i in vocabulary.values() if "\n" in tokenizer.decode([i]))
+
+
+def shorten(tokenizer: Any, passages: Sequence[Passage], max_tokens: int) -> tuple[list[str], int]:
+    """Passage texts (title first where there is one) cut to ``max_tokens`` tokens; how many were cut."""
+    texts, cut = [], 0
+    for passage in passages:
+        text = f"{passage.title}. {passage.text}" if passage.title else passage.text
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens:
+            text, cut = tokenizer.decode(ids[:max_tokens]), cut + 1
+        texts.append(text)
+    return texts, cut
+
+
+@torch.inference_mode()
+def generate_queries(
+    generator: Any,
+    tokenizer: Any,
+    passages: Sequence[Passage],
+    *,
+    per_passage: int = 1,
+    max_new_tokens: int = 32,
+    max_passage_tokens: int = 384,
+    batch_size: int = 16,
+    seed: int = 0,
+    ask: str = ASK,
+    show_progress_bar: bool = True,
+) -> list[list[str]]:
+    """``per_passage`` queries for each passage, in passage order.
+
+    - A query that comes out empty or repeats an example's query is left out (a passage may get
+      fewer), and a passage longer than ``max_passage_tokens`` is cut for the prompt: each with a
+      warning giving the count.
+    - Batches hold prompts of similar length. One query a passage decodes greedily; several are
+      sampled (temperature 0.8, top-p 0.95) under ``seed``, the caller's random state untouched.
+    - ``ask`` is the request of a chat model's prompt (:func:`prompt_for`)."""
+    if per_passage < 1:
+        raise ValueError(f"per_passage must be at least 1, got {per_passage}")
+    texts, cut = shorten(tokenizer, passages, max_passage_tokens)
+    if cut:
+        logger.warning("%d of %d passages were cut to %d tokens for the query prompt (max_passage_tokens)", cut, len(texts), max_passage_tokens)
+    prompts = [prompt_for(tokenizer, text, ask) for text in texts]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    stops = [*newline_token_ids(tokenizer), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]
+    sampling = {"do_sample": True, "temperature": 0.8, "top_p": 0.95} if per_passage > 1 else {"do_sample": False}
+    device = next(generator.parameters()).device
+    out: list[list[str]] = [[] for _ in prompts]
+    examples, dropped = {q.lower() for _, q in FEW_SHOT}, 0
+    # Sampling draws from torch's global generator: seeded here, and the caller's state restored after.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), tqdm(
+        total=len(prompts), desc="Writing queries", unit="passage", disable=not show_progress_bar
+    ) as bar:
+        torch.manual_seed(seed)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=not is_chat_model(tokenizer)).to(device)
+            generated = generator.generate(
+                **batch, max_new_tokens=max_new_tokens, num_return_sequences=per_passage, eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling,
+            )
+            new = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            for k, text in enumerate(new):
+                query = clean_query(text)
+                if query and query.lower() not in examples:
+                    out[rows[k // per_passage]].append(query)
+                else:
+                    dropped += 1
+            bar.update(len(rows))
+    if dropped:
+        logger.warning("%d of %d generated queries were empty or repeated an example's query, and were left out", dropped, len(prompts) * per_passage)
+    return out
+
+
+def round_trip(
+    model: Any,
+    passages: Sequence[Passage],
+    queries: Sequence[Sequence[str]],
+    *,
+    top_k: int = 3,
+    hard_negatives: bool = True,
+    batch_size: int = 256,
+    show_progress_bar: bool = True,
+) -> list[GeneratedQuery]:
+    """Every generated query with the rank the embedder (``model``) gives its own passage among
+    all passages; kept when that rank is at most ``top_k``. A kept query's hard negative is the
+    best-ranked passage other than its own."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
+    if not flat:
+        return []
+    documents = model.encode_document([f"{p.title}. {p.text}" if p.title else p.text for p in passages], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
+    asked = model.encode_query([q for _, q in flat], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
+    scores = np.asarray(asked) @ np.asarray(documents).T
+    out = []
+    for row, (owner, query) in enumerate(flat):
+        own = scores[row, owner]
+        rank = int((scores[row] > own).sum()) + 1
+        kept = rank <= top_k
+        negative = None
+        if kept and hard_negatives and len(passages) > 1:
+            others = scores[row].copy()
+            others[owner] = -np.inf
+            negative = passages[int(others.argmax())].id
+        out.append(GeneratedQuery(passages[owner].id, query, rank, kept, negative))
+    return out
+
+
+def training_data(passages: Sequence[Passage], generated: Sequence[GeneratedQuery], source: str) -> TrainingData:
+    """The kept queries as (query, passage) pairs, or (query, passage, negative) triplets when
+    every kept query has a hard negative."""
+    text = {p.id: f"{p.title}. {p.text}" if p.title else p.text for p in passages}
+    kept = [g for g in generated if g.kept]
+    if len(kept) < 2:
+        raise DataError(f"{source}: {len(kept)} of {len(generated)} generated queries passed the round-trip filter; at least 2 are needed to train")
+    if all(g.negative_id is not None for g in kept):
+        return TrainingData("triplets", [(g.query, text[g.passage_id], text[g.negative_id]) for g in kept], source)
+    return TrainingData("pairs", [(g.query, text[g.passage_id]) for g in kept], source)
+
+
+def write_pairs(path: str | Path, generated: Sequence[GeneratedQuery]) -> None:
+    """One JSON object a line: ``passage_id``, ``query``, ``rank``, ``kept``, ``negative_id``."""
+    with Path(path).open("w", encoding="utf-8") as f:
+        for row in generated:
+            f.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+
+
+def queries_from_corpus(
+    model: Any,
+    passages: Sequence[Passage],
+    *,
+    generator: str | None = None,
+    per_passage: int = 1,
+    top_k: int = 3,
+    hard_negatives: bool = True,
+    pairs_out: str | Path | None = None,
+    max_new_tokens: int = 32,
+    max_passage_tokens: int = 384,
+    batch_size: int = 16,
+    seed: int = 0,
+    source: str = "generated queries",
+    show_progress_bar: bool = True,
+) -> TrainingData:
+    """The whole recipe before training: ``generator`` (default: the decoder ``model`` was loaded
+    from) writes ``per_passage`` queries a passage, ``model`` filters them by round trip and mines
+    hard negatives, ``pairs_out`` (when given) gets every query with its rank and fate, and the
+    kept ones come back as training data. The generator is freed before the filter runs."""
+    name = generator or model[0].source
+    if name is None:
+        raise ValueError("name the generator: the model was built from a decoder object, so there is no checkpoint to write queries with")
+    writer, tokenizer = load_generator(name, device=model.device)
+    try:
+        queries = generate_queries(
+            writer, tokenizer, passages, per_passage=per_passage, max_new_tokens=max_new_tokens, max_passage_tokens=max_passage_tokens,
+            batch_size=batch_size, seed=seed, show_progress_bar=show_progress_bar,
+        )
+    finally:
+        del writer
+    generated = round_trip(model, passages, queries, top_k=top_k, hard_negatives=hard_negatives, show_progress_bar=show_progress_bar)
+    if pairs_out is not None:
+        write_pairs(pairs_out, generated)
+    kept = sum(g.kept for g in generated)
+    logger.info("%d queries written for %d passages; %d kept by the round trip (own passage in the top %d)", len(generated), len(passages), kept, top_k)
+    return training_data(passages, generated, source)
