@@ -64,6 +64,11 @@ def test_generation_is_batched_seeded_and_stops_at_a_newline_or_the_cap(generato
     assert all(len(q) <= 3 for q in sampled) and sum(map(len, sampled)) > len(PASSAGES)
 
 
+def test_a_checkpoint_without_an_lm_head_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lacks .*lm_head.*name a full causal LM"):
+        gq.load_generator(str(save_tiny_model(tmp_path / "bare")), device="cpu")  # a bare decoder, untied head
+
+
 def test_prompts_and_cleaning(generator) -> None:
     _, tokenizer = generator
     plain = gq.prompt_for(tokenizer, "Some passage.")

@@ -89,7 +89,12 @@ def load_generator(name_or_path: str, device: str | torch.device | None = None, 
     folder = resolve(name_or_path)
     device = torch.device(device) if device is not None else default_device()
     dtype, _ = resolve_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+    if info["missing_keys"]:  # e.g. an untied LM head that a bare-decoder folder does not hold: it would write noise
+        raise ValueError(
+            f"{name_or_path}: the checkpoint lacks {sorted(info['missing_keys'])[:3]} for generation; name a full causal LM as the generator"
+        )
+    model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -168,8 +173,8 @@ def generate_queries(
     if cut:
         logger.warning("%d of %d passages were cut to %d tokens for the query prompt (max_passage_tokens)", cut, len(texts), max_passage_tokens)
     prompts = [prompt_for(tokenizer, text, ask) for text in texts]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    encoded = tokenizer(prompts, add_special_tokens=not is_chat_model(tokenizer))["input_ids"]  # a chat template writes its own
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     stops = [*newline_token_ids(tokenizer), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]
     sampling = {"do_sample": True, "temperature": 0.8, "top_p": 0.95} if per_passage > 1 else {"do_sample": False}
     device = next(generator.parameters()).device
@@ -182,7 +187,7 @@ def generate_queries(
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=not is_chat_model(tokenizer)).to(device)
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)  # left padding
             generated = generator.generate(
                 **batch, max_new_tokens=max_new_tokens, num_return_sequences=per_passage, eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling,
