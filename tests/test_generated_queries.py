@@ -64,6 +64,20 @@ def test_generation_is_batched_seeded_and_stops_at_a_newline_or_the_cap(generato
     assert all(len(q) <= 3 for q in sampled) and sum(map(len, sampled)) > len(PASSAGES)
 
 
+def test_the_shared_examples_run_once_and_change_nothing(generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = generator
+    head, rest = gq.split_prompt(tokenizer)
+    for passage in PASSAGES:  # the cut prompt tokenizes as the whole one
+        whole = tokenizer(gq.prompt_for(tokenizer, passage.text))["input_ids"]
+        assert head + tokenizer(rest.format(passage=passage.text), add_special_tokens=False)["input_ids"] == whole
+    forwards = []
+    monkeypatch.setattr(model, "forward", lambda *a, _f=model.forward, **k: forwards.append(k["input_ids"].shape) or _f(*a, **k))
+    cached = gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, show_progress_bar=False)
+    assert forwards[0] == (1, len(head))  # the examples once; each batch then starts after them
+    assert all(shape[1] < len(head) for shape in forwards[1:])
+    assert cached == gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, prefix_cache=False, show_progress_bar=False)
+
+
 def test_a_checkpoint_without_an_lm_head_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks .*lm_head.*name a full causal LM"):
         gq.load_generator(str(save_tiny_model(tmp_path / "bare")), device="cpu")  # a bare decoder, untied head
@@ -78,7 +92,7 @@ def test_prompts_and_cleaning(generator) -> None:
         chat = gq.prompt_for(tokenizer, "Some passage.")
     finally:
         tokenizer.chat_template = None
-    assert chat.count("<user>") == len(gq.FEW_SHOT) + 1 and chat.endswith("Some passage.\n\nWrite a search query for this passage.\n<assistant>")
+    assert chat.count("<user>") == len(gq.FEW_SHOT) + 1 and chat.endswith("Some passage.\n\nWrite one short question that this passage answers.\n<assistant>")
     assert gq.clean_query(' Query: "why do cats sleep"\nmore text') == "why do cats sleep"
     assert gq.clean_query("1. how rain forms") == "how rain forms" and gq.clean_query("\n") == ""
 
@@ -116,7 +130,14 @@ def test_round_trip_keeps_queries_that_find_their_passage_and_mines_the_best_oth
 def test_the_recipe_writes_the_pairs_file_and_its_triplets_train(generator_folder: Path, tmp_path: Path) -> None:
     model = echo_embeddings.load(str(save_tiny_model(tmp_path / "embedder")), "echo", device="cpu")
     passages = [Passage(f"p{i}", f"Passage number {i} is about {topic} and little else.") for i, topic in enumerate(["cats", "rain", "stocks", "bread"] * 3)]
-    data = gq.queries_from_corpus(model, passages, generator=str(generator_folder), per_passage=2, top_k=12, pairs_out=tmp_path / "pairs.jsonl", show_progress_bar=False)
+    filtered = []
+    encode_document = model.encode_document
+    model.encode_document = lambda texts, **k: filtered.extend(texts) or encode_document(texts, **k)
+    data = gq.queries_from_corpus(
+        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, pairs_out=tmp_path / "pairs.jsonl", filter_max_tokens=4, show_progress_bar=False
+    )
+    del model.encode_document
+    assert filtered == [model.tokenizer.decode(model.tokenizer(p.text, add_special_tokens=False)["input_ids"][:4]) for p in passages]  # cut as training will
     rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert rows and set(rows[0]) == {"passage_id", "query", "rank", "kept", "negative_id"}
     assert all(r["kept"] and r["negative_id"] != r["passage_id"] for r in rows)  # top_k = the corpus size keeps all

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
     if data is None:
         data = tr.queries_from_corpus(
             model, passages, generator=args.generator, per_passage=args.queries_per_passage, top_k=args.filter_top_k,
-            hard_negatives=args.hard_negatives, pairs_out=args.pairs_out, seed=args.seed, source=f"queries written for {args.queries_from}",
+            hard_negatives=args.hard_negatives, pairs_out=args.pairs_out, filter_max_tokens=args.max_seq_length, seed=args.seed, source=f"queries written for {args.queries_from}",
         )
         print(f"{len(data)} {data.kind} kept from the generated queries", file=sys.stderr)
     try:

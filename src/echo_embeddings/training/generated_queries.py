@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,29 +31,23 @@ from ..data import DataError, Passage, TrainingData
 
 logger = logging.getLogger(__name__)
 
-ASK = "Passage: {passage}\n\nWrite a search query for this passage."
+ASK = "{passage}\n\nWrite one short question that this passage answers."
 """The request for one passage (``{passage}``): a user turn for a chat model, after the examples."""
 
 FEW_SHOT = (
     (
-        "Regular moderate exercise lowered resting blood pressure in adults with hypertension in a twelve-week "
-        "trial, with the largest drops in participants who walked at least thirty minutes a day.",
+        (
+            "Regular moderate exercise lowered resting blood pressure in adults with hypertension in a twelve-week "
+            "trial, with the largest drops in participants who walked at least thirty minutes a day."
+        ),
         "does walking every day lower blood pressure in people with hypertension",
     ),
     (
-        "The bridge was closed in 1998 after inspectors found corrosion in its steel cables; a replacement "
-        "opened six years later a few hundred metres upstream.",
+        (
+            "The bridge was closed in 1998 after inspectors found corrosion in its steel cables; a replacement "
+            "opened six years later a few hundred metres upstream."
+        ),
         "corroded steel cables forced the old bridge to close",
-    ),
-    (
-        "Sourdough bread rises because wild yeast and lactic acid bacteria in the starter ferment the flour, "
-        "producing carbon dioxide and the acids that give the bread its sour taste.",
-        "why does sourdough bread taste sour",
-    ),
-    (
-        "A cache keeps recently computed results in fast memory, so a repeated request is answered without "
-        "running the slow computation again; its size limits how many results it can hold.",
-        "how a cache speeds up repeated requests",
     ),
 )
 """Worked examples shown before each passage (chat turns, or plain text for a base model),
@@ -145,6 +140,34 @@ def shorten(tokenizer: Any, passages: Sequence[Passage], max_tokens: int) -> tup
     return texts, cut
 
 
+def split_prompt(tokenizer: Any, ask: str = ASK) -> tuple[list[int], str]:
+    """The token ids every prompt starts with (the examples, up to the passage) and the template
+    of the rest, with ``{passage}``. The cut falls before the space that leads the passage, where
+    the tokenizers split words anyway, so head + rest tokenize as the whole prompt does."""
+    marker = "\x00PASSAGE\x00"
+    whole = prompt_for(tokenizer, marker, ask)
+    head, rest = whole.split(marker, 1)
+    lead = len(head) - len(head.rstrip(" "))
+    head, rest = head[: len(head) - lead], " " * lead + "{passage}" + rest.replace("{", "{{").replace("}", "}}")
+    ids = tokenizer(head, add_special_tokens=not is_chat_model(tokenizer))["input_ids"]  # a chat template writes its own
+    return ids, rest
+
+
+@torch.inference_mode()
+def _prefix_key_values(generator: Any, ids: list[int]) -> tuple[str, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+    """The shared head's keys and values, computed once; None where the model takes no cache."""
+    from transformers import DynamicCache
+
+    from ..engine.model_parts import cache_keyword, input_device
+
+    keyword = cache_keyword(generator)
+    if keyword is None or not ids:
+        return None
+    cache = DynamicCache(config=generator.config)
+    generator(input_ids=torch.tensor([ids], device=input_device(generator)), **{keyword: cache}, use_cache=True)
+    return keyword, [(layer.keys, layer.values) for layer in cache.layers]
+
+
 @torch.inference_mode()
 def generate_queries(
     generator: Any,
@@ -153,10 +176,11 @@ def generate_queries(
     *,
     per_passage: int = 1,
     max_new_tokens: int = 32,
-    max_passage_tokens: int = 384,
-    batch_size: int = 16,
+    max_passage_tokens: int = 256,
+    batch_size: int = 32,
     seed: int = 0,
     ask: str = ASK,
+    prefix_cache: bool = True,
     show_progress_bar: bool = True,
 ) -> list[list[str]]:
     """``per_passage`` queries for each passage, in passage order.
@@ -164,44 +188,63 @@ def generate_queries(
     - A query that comes out empty or repeats an example's query is left out (a passage may get
       fewer), and a passage longer than ``max_passage_tokens`` is cut for the prompt: each with a
       warning giving the count.
+    - Every prompt starts with the same examples: their keys and values are computed once and
+      shared by every batch (``prefix_cache``), so only the passage and the query are run.
     - Batches hold prompts of similar length. One query a passage decodes greedily; several are
       sampled (temperature 0.8, top-p 0.95) under ``seed``, the caller's random state untouched.
     - ``ask`` is the request of a chat model's prompt (:func:`prompt_for`)."""
+    from transformers import DynamicCache
+
+    from ..engine.model_parts import input_device
+
     if per_passage < 1:
         raise ValueError(f"per_passage must be at least 1, got {per_passage}")
     texts, cut = shorten(tokenizer, passages, max_passage_tokens)
     if cut:
         logger.warning("%d of %d passages were cut to %d tokens for the query prompt (max_passage_tokens)", cut, len(texts), max_passage_tokens)
-    prompts = [prompt_for(tokenizer, text, ask) for text in texts]
-    encoded = tokenizer(prompts, add_special_tokens=not is_chat_model(tokenizer))["input_ids"]  # a chat template writes its own
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    head, rest = split_prompt(tokenizer, ask)
+    prefix = _prefix_key_values(generator, head) if prefix_cache else None
+    tails = [tokenizer(rest.format(passage=text), add_special_tokens=False)["input_ids"] for text in texts]
+    order = sorted(range(len(tails)), key=lambda i: -len(tails[i]))
     stops = [*newline_token_ids(tokenizer), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]
     sampling = {"do_sample": True, "temperature": 0.8, "top_p": 0.95} if per_passage > 1 else {"do_sample": False}
-    device = next(generator.parameters()).device
-    out: list[list[str]] = [[] for _ in prompts]
+    device = input_device(generator)
+    out: list[list[str]] = [[] for _ in tails]
     examples, dropped = {q.lower() for _, q in FEW_SHOT}, 0
     # Sampling draws from torch's global generator: seeded here, and the caller's state restored after.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), tqdm(
-        total=len(prompts), desc="Writing queries", unit="passage", disable=not show_progress_bar
+        total=len(tails), desc="Writing queries", unit="passage", disable=not show_progress_bar
     ) as bar:
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)  # left padding
+            rows = [i for i in order[start : start + batch_size] for _ in range(per_passage)]
+            # Left padding of the passage part: [head][pads][passage + request]; positions follow the mask.
+            width = max(len(tails[i]) for i in rows)
+            ids = torch.full((len(rows), len(head) + width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            ids[:, : len(head)], mask[:, : len(head)] = torch.tensor(head), 1
+            for r, i in enumerate(rows):
+                ids[r, ids.shape[1] - len(tails[i]) :] = torch.tensor(tails[i])
+                mask[r, ids.shape[1] - len(tails[i]) :] = 1
+            cache = {}
+            if prefix is not None:
+                keyword, kv = prefix
+                rows_kv = [(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in kv]
+                cache = {keyword: DynamicCache(ddp_cache_data=rows_kv, config=generator.config)}
             generated = generator.generate(
-                **batch, max_new_tokens=max_new_tokens, num_return_sequences=per_passage, eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling,
+                input_ids=ids.to(device), attention_mask=mask.to(device), **cache, max_new_tokens=max_new_tokens, min_new_tokens=2,
+                eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling,
             )
-            new = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            for k, text in enumerate(new):
+            new = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
+            for r, text in enumerate(new):
                 query = clean_query(text)
                 if query and query.lower() not in examples:
-                    out[rows[k // per_passage]].append(query)
+                    out[rows[r]].append(query)
                 else:
                     dropped += 1
-            bar.update(len(rows))
+            bar.update(len(rows) // per_passage)
     if dropped:
-        logger.warning("%d of %d generated queries were empty or repeated an example's query, and were left out", dropped, len(prompts) * per_passage)
+        logger.warning("%d of %d generated queries were empty or repeated an example's query, and were left out", dropped, len(tails) * per_passage)
     return out
 
 
@@ -212,18 +255,24 @@ def round_trip(
     *,
     top_k: int = 3,
     hard_negatives: bool = True,
+    max_passage_tokens: int | None = None,
     batch_size: int = 256,
     show_progress_bar: bool = True,
 ) -> list[GeneratedQuery]:
     """Every generated query with the rank the embedder (``model``) gives its own passage among
     all passages; kept when that rank is at most ``top_k``. A kept query's hard negative is the
-    best-ranked passage other than its own."""
+    best-ranked passage other than its own. ``max_passage_tokens`` cuts the passages as training
+    will (its ``max_seq_length``): the filter ranks what the model will learn from, and runs faster."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
     if not flat:
         return []
-    documents = model.encode_document([f"{p.title}. {p.text}" if p.title else p.text for p in passages], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
+    if max_passage_tokens is None:
+        texts = [f"{p.title}. {p.text}" if p.title else p.text for p in passages]
+    else:
+        texts, _ = shorten(model.tokenizer, passages, max_passage_tokens)
+    documents = model.encode_document(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
     asked = model.encode_query([q for _, q in flat], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
     scores = np.asarray(asked) @ np.asarray(documents).T
     out = []
@@ -255,8 +304,7 @@ def training_data(passages: Sequence[Passage], generated: Sequence[GeneratedQuer
 def write_pairs(path: str | Path, generated: Sequence[GeneratedQuery]) -> None:
     """One JSON object a line: ``passage_id``, ``query``, ``rank``, ``kept``, ``negative_id``."""
     with Path(path).open("w", encoding="utf-8") as f:
-        for row in generated:
-            f.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in generated)
 
 
 def queries_from_corpus(
@@ -269,8 +317,9 @@ def queries_from_corpus(
     hard_negatives: bool = True,
     pairs_out: str | Path | None = None,
     max_new_tokens: int = 32,
-    max_passage_tokens: int = 384,
-    batch_size: int = 16,
+    max_passage_tokens: int = 256,
+    filter_max_tokens: int | None = None,
+    batch_size: int = 32,
     seed: int = 0,
     source: str = "generated queries",
     show_progress_bar: bool = True,
@@ -283,6 +332,7 @@ def queries_from_corpus(
     if name is None:
         raise ValueError("name the generator: the model was built from a decoder object, so there is no checkpoint to write queries with")
     writer, tokenizer = load_generator(name, device=model.device)
+    start = time.perf_counter()
     try:
         queries = generate_queries(
             writer, tokenizer, passages, per_passage=per_passage, max_new_tokens=max_new_tokens, max_passage_tokens=max_passage_tokens,
@@ -290,9 +340,17 @@ def queries_from_corpus(
         )
     finally:
         del writer
-    generated = round_trip(model, passages, queries, top_k=top_k, hard_negatives=hard_negatives, show_progress_bar=show_progress_bar)
+    written = time.perf_counter() - start
+    logger.info("queries written in %.0f s (%.2f passages/s)", written, len(passages) / written)
+    start = time.perf_counter()
+    generated = round_trip(
+        model, passages, queries, top_k=top_k, hard_negatives=hard_negatives, max_passage_tokens=filter_max_tokens, show_progress_bar=show_progress_bar
+    )
     if pairs_out is not None:
         write_pairs(pairs_out, generated)
     kept = sum(g.kept for g in generated)
-    logger.info("%d queries written for %d passages; %d kept by the round trip (own passage in the top %d)", len(generated), len(passages), kept, top_k)
+    logger.info(
+        "%d queries written for %d passages; %d kept by the round trip (own passage in the top %d), filtered in %.0f s",
+        len(generated), len(passages), kept, top_k, time.perf_counter() - start,
+    )
     return training_data(passages, generated, source)
