@@ -127,17 +127,37 @@ def test_round_trip_keeps_queries_that_find_their_passage_and_mines_the_best_oth
         gq.training_data(PASSAGES, strict, "test")
 
 
+def test_bm25_scores_as_the_formula_and_can_rank_the_round_trip() -> None:
+    from echo_embeddings.training.bm25 import BM25
+
+    (scores,) = list(BM25(["a b", "A c, c"]).scores(["c", "b a", "zebra"]))
+    idf_c = np.log1p((2 - 1 + 0.5) / (1 + 0.5))
+    assert scores[0] == pytest.approx([0, 2 * 2.2 / (2 + 1.2 * (0.25 + 0.75 * 3 / 2.5)) * idf_c], rel=1e-6)
+    assert scores[1, 0] > scores[1, 1] > 0 and not scores[2].any()  # words lower-cased; an unknown word scores nothing
+    queries = [["cats hunt at night"], ["bank losses"], ["zebra"], ["pool the second copy", "echo"]]
+    rows = gq.round_trip(None, PASSAGES, queries, top_k=1, ranker="bm25", show_progress_bar=False)
+    assert [(r.query, r.rank, r.kept, r.negative_id) for r in rows] == [
+        ("cats hunt at night", 1, True, "b"),  # the others tie at zero: the first of them
+        ("bank losses", 1, True, "a"),
+        ("zebra", 4, False, None),  # no shared word: ties count against it, so it ranks last
+        ("pool the second copy", 1, True, "b"),
+        ("echo", 1, True, "a"),
+    ]
+    with pytest.raises(ValueError, match="ranker must be"):
+        gq.round_trip(None, PASSAGES, queries, ranker="splade", show_progress_bar=False)
+
+
 def test_the_recipe_writes_the_pairs_file_and_its_triplets_train(generator_folder: Path, tmp_path: Path) -> None:
     model = echo_embeddings.load(str(save_tiny_model(tmp_path / "embedder")), "echo", device="cpu")
     passages = [Passage(f"p{i}", f"Passage number {i} is about {topic} and little else.") for i, topic in enumerate(["cats", "rain", "stocks", "bread"] * 3)]
-    filtered = []
+    lengths = []
     encode_document = model.encode_document
-    model.encode_document = lambda texts, **k: filtered.extend(texts) or encode_document(texts, **k)
+    model.encode_document = lambda texts, **k: lengths.append(model.max_seq_length) or encode_document(texts, **k)
     data = gq.queries_from_corpus(
-        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, pairs_out=tmp_path / "pairs.jsonl", filter_max_tokens=4, show_progress_bar=False
+        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, pairs_out=tmp_path / "pairs.jsonl", filter_max_seq_length=48, show_progress_bar=False
     )
     del model.encode_document
-    assert filtered == [model.tokenizer.decode(model.tokenizer(p.text, add_special_tokens=False)["input_ids"][:4]) for p in passages]  # cut as training will
+    assert lengths == [48] and model.max_seq_length != 48  # the filter's prompts cut as training will cut them, then put back
     rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert rows and set(rows[0]) == {"passage_id", "query", "rank", "kept", "negative_id"}
     assert all(r["kept"] and r["negative_id"] != r["passage_id"] for r in rows)  # top_k = the corpus size keeps all

@@ -33,6 +33,10 @@ def add_parser(commands: Any) -> None:
     tr.add_argument("--generator", default=None, help="the causal LM that writes the queries (default: --model)")
     tr.add_argument("--queries-per-passage", type=int, default=1, help="queries written for each passage; more than one are sampled (default: %(default)s)")
     tr.add_argument("--filter-top-k", type=int, default=3, help="keep a query when its own passage ranks in the top K (default: %(default)s)")
+    tr.add_argument(
+        "--filter-with", choices=["embedder", "bm25"], default="embedder",
+        help="what ranks the corpus for the round trip and the hard negatives: the zero-shot model, or BM25 (seconds, not a pass over the corpus)",
+    )
     tr.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=True, help="train with the best-ranked other passage as a negative (default: on)")
     tr.add_argument("--pairs-out", default=None, metavar="FILE", help="write every generated query (JSONL: passage_id, query, rank, kept, negative_id)")
     tr.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
     if data is None:
         data = tr.queries_from_corpus(
             model, passages, generator=args.generator, per_passage=args.queries_per_passage, top_k=args.filter_top_k,
-            hard_negatives=args.hard_negatives, pairs_out=args.pairs_out, filter_max_tokens=args.max_seq_length, seed=args.seed, source=f"queries written for {args.queries_from}",
+            hard_negatives=args.hard_negatives, ranker=args.filter_with, pairs_out=args.pairs_out, filter_max_seq_length=args.max_seq_length, seed=args.seed, source=f"queries written for {args.queries_from}",
         )
         print(f"{len(data)} {data.kind} kept from the generated queries", file=sys.stderr)
     try:

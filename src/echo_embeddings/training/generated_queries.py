@@ -18,16 +18,20 @@ import json
 import logging
 import re
 import time
+import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data import DataError, Passage, TrainingData
+from .bm25 import BM25
+from .trainer import prompt_length
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +123,7 @@ def clean_query(text: str) -> str:
     line = text.strip().split("\n", 1)[0].strip()
     line = re.sub(r"^(search )?query\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
     line = re.sub(r"^(\d+[.)]|[-*•])\s+", "", line)
-    return line.strip().strip('"“”\'`').strip()
+    return line.strip().strip("\"“”'`").strip()
 
 
 def newline_token_ids(tokenizer: Any) -> list[int]:
@@ -201,7 +205,9 @@ def generate_queries(
         raise ValueError(f"per_passage must be at least 1, got {per_passage}")
     texts, cut = shorten(tokenizer, passages, max_passage_tokens)
     if cut:
-        logger.warning("%d of %d passages were cut to %d tokens for the query prompt (max_passage_tokens)", cut, len(texts), max_passage_tokens)
+        logger.warning(
+            "%d of %d passages were cut to %d tokens for the query prompt (max_passage_tokens)", cut, len(texts), max_passage_tokens
+        )
     head, rest = split_prompt(tokenizer, ask)
     prefix = _prefix_key_values(generator, head) if prefix_cache else None
     tails = [tokenizer(rest.format(passage=text), add_special_tokens=False)["input_ids"] for text in texts]
@@ -212,9 +218,10 @@ def generate_queries(
     out: list[list[str]] = [[] for _ in tails]
     examples, dropped = {q.lower() for _, q in FEW_SHOT}, 0
     # Sampling draws from torch's global generator: seeded here, and the caller's state restored after.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), tqdm(
-        total=len(tails), desc="Writing queries", unit="passage", disable=not show_progress_bar
-    ) as bar:
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        tqdm(total=len(tails), desc="Writing queries", unit="passage", disable=not show_progress_bar) as bar,
+    ):
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
             rows = [i for i in order[start : start + batch_size] for _ in range(per_passage)]
@@ -232,8 +239,15 @@ def generate_queries(
                 rows_kv = [(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in kv]
                 cache = {keyword: DynamicCache(ddp_cache_data=rows_kv, config=generator.config)}
             generated = generator.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), **cache, max_new_tokens=max_new_tokens, min_new_tokens=2,
-                eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                **cache,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=2,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+                top_k=None,
+                **sampling,
             )
             new = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
             for r, text in enumerate(new):
@@ -244,8 +258,13 @@ def generate_queries(
                     dropped += 1
             bar.update(len(rows) // per_passage)
     if dropped:
-        logger.warning("%d of %d generated queries were empty or repeated an example's query, and were left out", dropped, len(tails) * per_passage)
+        logger.warning(
+            "%d of %d generated queries were empty or repeated an example's query, and were left out", dropped, len(tails) * per_passage
+        )
     return out
+
+
+Ranker = Literal["embedder", "bm25"]
 
 
 def round_trip(
@@ -255,37 +274,49 @@ def round_trip(
     *,
     top_k: int = 3,
     hard_negatives: bool = True,
-    max_passage_tokens: int | None = None,
+    ranker: Ranker = "embedder",
+    max_seq_length: int | None = None,
     batch_size: int = 256,
     show_progress_bar: bool = True,
 ) -> list[GeneratedQuery]:
-    """Every generated query with the rank the embedder (``model``) gives its own passage among
-    all passages; kept when that rank is at most ``top_k``. A kept query's hard negative is the
-    best-ranked passage other than its own. ``max_passage_tokens`` cuts the passages as training
-    will (its ``max_seq_length``): the filter ranks what the model will learn from, and runs faster."""
+    """Every generated query with the rank its own passage gets among all passages; kept when that
+    rank is at most ``top_k``. A kept query's hard negative is the best-ranked passage other than
+    its own. Ties count against the query: a query that shares no word with any passage under
+    BM25 ranks last.
+
+    - ``ranker``: ``"embedder"`` ranks with ``model`` (cosine of query and document embeddings);
+      ``"bm25"`` with :class:`~echo_embeddings.training.bm25.BM25` over the same passage texts,
+      in seconds where the embedder needs a forward pass over the whole corpus.
+    - ``max_seq_length``: the embedder's prompts cut as training will cut them, so it ranks what
+      the model will learn from (BM25 reads whole passages)."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if ranker not in ("embedder", "bm25"):
+        raise ValueError(f"ranker must be 'embedder' or 'bm25', got {ranker!r}")
     flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
     if not flat:
         return []
-    if max_passage_tokens is None:
-        texts = [f"{p.title}. {p.text}" if p.title else p.text for p in passages]
+    texts = [f"{p.title}. {p.text}" if p.title else p.text for p in passages]
+    asked = [q for _, q in flat]
+    if ranker == "bm25":
+        chunks = BM25(texts).scores(asked)
     else:
-        texts, _ = shorten(model.tokenizer, passages, max_passage_tokens)
-    documents = model.encode_document(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
-    asked = model.encode_query([q for _, q in flat], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
-    scores = np.asarray(asked) @ np.asarray(documents).T
-    out = []
-    for row, (owner, query) in enumerate(flat):
-        own = scores[row, owner]
-        rank = int((scores[row] > own).sum()) + 1
-        kept = rank <= top_k
-        negative = None
-        if kept and hard_negatives and len(passages) > 1:
-            others = scores[row].copy()
+        cut = prompt_length(model[0], max_seq_length, "round-trip") if max_seq_length is not None else nullcontext()
+        with cut, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*truncated before repetition")  # the cut just announced
+            documents = model.encode_document(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
+            vectors = model.encode_query(asked, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
+        chunks = iter([np.asarray(vectors) @ np.asarray(documents).T])
+    out: list[GeneratedQuery] = []
+    for scores in chunks:
+        for row in scores:
+            owner, query = flat[len(out)]
+            others = row.copy()
             others[owner] = -np.inf
-            negative = passages[int(others.argmax())].id
-        out.append(GeneratedQuery(passages[owner].id, query, rank, kept, negative))
+            rank = int((others >= row[owner]).sum()) + 1
+            kept = rank <= top_k
+            negative = passages[int(others.argmax())].id if kept and hard_negatives and len(passages) > 1 else None
+            out.append(GeneratedQuery(passages[owner].id, query, rank, kept, negative))
     return out
 
 
@@ -295,7 +326,9 @@ def training_data(passages: Sequence[Passage], generated: Sequence[GeneratedQuer
     text = {p.id: f"{p.title}. {p.text}" if p.title else p.text for p in passages}
     kept = [g for g in generated if g.kept]
     if len(kept) < 2:
-        raise DataError(f"{source}: {len(kept)} of {len(generated)} generated queries passed the round-trip filter; at least 2 are needed to train")
+        raise DataError(
+            f"{source}: {len(kept)} of {len(generated)} generated queries passed the round-trip filter; at least 2 are needed to train"
+        )
     if all(g.negative_id is not None for g in kept):
         return TrainingData("triplets", [(g.query, text[g.passage_id], text[g.negative_id]) for g in kept], source)
     return TrainingData("pairs", [(g.query, text[g.passage_id]) for g in kept], source)
@@ -315,18 +348,19 @@ def queries_from_corpus(
     per_passage: int = 1,
     top_k: int = 3,
     hard_negatives: bool = True,
+    ranker: Ranker = "embedder",
     pairs_out: str | Path | None = None,
     max_new_tokens: int = 32,
     max_passage_tokens: int = 256,
-    filter_max_tokens: int | None = None,
+    filter_max_seq_length: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
     source: str = "generated queries",
     show_progress_bar: bool = True,
 ) -> TrainingData:
     """The whole recipe before training: ``generator`` (default: the decoder ``model`` was loaded
-    from) writes ``per_passage`` queries a passage, ``model`` filters them by round trip and mines
-    hard negatives, ``pairs_out`` (when given) gets every query with its rank and fate, and the
+    from) writes ``per_passage`` queries a passage, ``ranker`` (``model`` or BM25) filters them by
+    round trip and mines hard negatives, ``pairs_out`` (when given) gets every query with its rank and fate, and the
     kept ones come back as training data. The generator is freed before the filter runs."""
     name = generator or model[0].source
     if name is None:
@@ -335,8 +369,15 @@ def queries_from_corpus(
     start = time.perf_counter()
     try:
         queries = generate_queries(
-            writer, tokenizer, passages, per_passage=per_passage, max_new_tokens=max_new_tokens, max_passage_tokens=max_passage_tokens,
-            batch_size=batch_size, seed=seed, show_progress_bar=show_progress_bar,
+            writer,
+            tokenizer,
+            passages,
+            per_passage=per_passage,
+            max_new_tokens=max_new_tokens,
+            max_passage_tokens=max_passage_tokens,
+            batch_size=batch_size,
+            seed=seed,
+            show_progress_bar=show_progress_bar,
         )
     finally:
         del writer
@@ -344,13 +385,24 @@ def queries_from_corpus(
     logger.info("queries written in %.0f s (%.2f passages/s)", written, len(passages) / written)
     start = time.perf_counter()
     generated = round_trip(
-        model, passages, queries, top_k=top_k, hard_negatives=hard_negatives, max_passage_tokens=filter_max_tokens, show_progress_bar=show_progress_bar
+        model,
+        passages,
+        queries,
+        top_k=top_k,
+        hard_negatives=hard_negatives,
+        ranker=ranker,
+        max_seq_length=filter_max_seq_length,
+        show_progress_bar=show_progress_bar,
     )
     if pairs_out is not None:
         write_pairs(pairs_out, generated)
     kept = sum(g.kept for g in generated)
     logger.info(
         "%d queries written for %d passages; %d kept by the round trip (own passage in the top %d), filtered in %.0f s",
-        len(generated), len(passages), kept, top_k, time.perf_counter() - start,
+        len(generated),
+        len(passages),
+        kept,
+        top_k,
+        time.perf_counter() - start,
     )
     return training_data(passages, generated, source)

@@ -111,7 +111,7 @@ def train(
     # transformers 5.x renamed the argument (the old name warns); older releases know only the old one.
     names = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments)}
     checkpointing_argument = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    with _prompt_length(model[0], max_seq_length), _prefix_cache_off(model[0], gradient_checkpointing):
+    with prompt_length(model[0], max_seq_length), _prefix_cache_off(model[0], gradient_checkpointing):
         dataset = data.dataset()
         sampler: Any = BatchSamplers.NO_DUPLICATES if data.kind != "scored" else BatchSamplers.BATCH_SAMPLER
         routes = ROUTES if data.kind != "scored" else {}
@@ -217,12 +217,12 @@ def _prefix_cache_off(module: Any, off: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _prompt_length(module: Any, length: int | None) -> Iterator[None]:
+def prompt_length(module: Any, length: int | None, purpose: str = "training") -> Iterator[None]:
     """``module.max_seq_length`` set to ``length`` for the block (``None``: unchanged), then put back."""
     inference_length = module.max_seq_length
     if length is not None:
         module.max_seq_length = length  # validated by the setting itself
-        logger.info("training prompts cut to %d tokens; the saved model keeps max_seq_length=%d", length, inference_length)
+        logger.info("%s prompts cut to %d tokens; the saved model keeps max_seq_length=%d", purpose, length, inference_length)
     try:
         yield
     finally:
