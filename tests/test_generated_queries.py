@@ -114,12 +114,12 @@ class Vectors:
 def test_round_trip_keeps_queries_that_find_their_passage_and_mines_the_best_other_one() -> None:
     embedder = Vectors({"finds a": [1, 0.5, 0, 0], "finds c second": [0, 0, 0.6, 1], "finds nothing of b": [0, 0.1, 1, 0.9]})
     queries = [["finds a"], ["finds nothing of b"], ["finds c second"], []]
-    rows = gq.round_trip(embedder, PASSAGES, queries, top_k=2, show_progress_bar=False)
+    rows = gq.round_trip(embedder, PASSAGES, queries, top_k=2, ranker="embedder", show_progress_bar=False)
     by_query = {r.query: r for r in rows}
     assert (by_query["finds a"].rank, by_query["finds a"].kept, by_query["finds a"].negative_id) == (1, True, "b")
     assert (by_query["finds c second"].rank, by_query["finds c second"].kept, by_query["finds c second"].negative_id) == (2, True, "d")
     assert (by_query["finds nothing of b"].rank, by_query["finds nothing of b"].kept) == (3, False)
-    strict = gq.round_trip(embedder, PASSAGES, queries, top_k=1, hard_negatives=False, show_progress_bar=False)
+    strict = gq.round_trip(embedder, PASSAGES, queries, top_k=1, hard_negatives=False, ranker="embedder", show_progress_bar=False)
     assert [r.query for r in strict if r.kept] == ["finds a"] and strict[0].negative_id is None
     data = gq.training_data(PASSAGES, rows, "test")
     assert data.kind == "triplets" and data.rows[0] == ("finds a", PASSAGES[0].text, "Markets. " + PASSAGES[1].text)
@@ -154,7 +154,7 @@ def test_the_recipe_writes_the_pairs_file_and_its_triplets_train(generator_folde
     encode_document = model.encode_document
     model.encode_document = lambda texts, **k: lengths.append(model.max_seq_length) or encode_document(texts, **k)
     data = gq.queries_from_corpus(
-        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, pairs_out=tmp_path / "pairs.jsonl", filter_max_seq_length=48, show_progress_bar=False
+        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, ranker="embedder", pairs_out=tmp_path / "pairs.jsonl", filter_max_seq_length=48, show_progress_bar=False
     )
     del model.encode_document
     assert lengths == [48] and model.max_seq_length != 48  # the filter's prompts cut as training will cut them, then put back

@@ -34,8 +34,8 @@ def add_parser(commands: Any) -> None:
     tr.add_argument("--queries-per-passage", type=int, default=1, help="queries written for each passage; more than one are sampled (default: %(default)s)")
     tr.add_argument("--filter-top-k", type=int, default=3, help="keep a query when its own passage ranks in the top K (default: %(default)s)")
     tr.add_argument(
-        "--filter-with", choices=["embedder", "bm25"], default="embedder",
-        help="what ranks the corpus for the round trip and the hard negatives: the zero-shot model, or BM25 (seconds, not a pass over the corpus)",
+        "--filter-with", choices=["bm25", "embedder"], default="bm25",
+        help="what ranks the corpus for the round trip and the hard negatives: BM25 (seconds) or the zero-shot model (a pass over the corpus) (default: %(default)s)",
     )
     tr.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=True, help="train with the best-ranked other passage as a negative (default: on)")
     tr.add_argument("--pairs-out", default=None, metavar="FILE", help="write every generated query (JSONL: passage_id, query, rank, kept, negative_id)")
