@@ -298,6 +298,11 @@ class Passage:
     title: str = ""
     where: str = ""
 
+    @property
+    def full_text(self) -> str:
+        """The text as it is embedded and prompted: ``title. text``, or the text alone."""
+        return f"{self.title}. {self.text}" if self.title else self.text
+
 
 def read_passages(path: str | Path, column: str | None = None) -> list[Passage]:
     """The passages of a corpus, checked whole before any model work:

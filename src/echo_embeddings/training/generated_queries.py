@@ -55,8 +55,9 @@ FEW_SHOT = (
     ),
 )
 """Worked examples shown before each passage (chat turns, or plain text for a base model),
-written for this package in several query forms (question, claim, keywords); no corpus's queries.
-A small model sometimes repeats one: such a query is dropped (see :func:`generate_queries`)."""
+written for this package in two query forms (a question, a claim); no corpus's queries. Two, not
+more: with four, SmolLM2 copied the last one's query for a third of SciFact's abstracts. A query
+that still repeats one is dropped (see :func:`generate_queries`)."""
 
 BASE_PROMPT = "{shots}Passage: {passage}\nQuery:"
 SHOT = "Passage: {passage}\nQuery: {query}\n\n"
@@ -136,7 +137,7 @@ def shorten(tokenizer: Any, passages: Sequence[Passage], max_tokens: int) -> tup
     """Passage texts (title first where there is one) cut to ``max_tokens`` tokens; how many were cut."""
     texts, cut = [], 0
     for passage in passages:
-        text = f"{passage.title}. {passage.text}" if passage.title else passage.text
+        text = passage.full_text
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_tokens:
             text, cut = tokenizer.decode(ids[:max_tokens]), cut + 1
@@ -297,7 +298,7 @@ def round_trip(
     flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
     if not flat:
         return []
-    texts = [f"{p.title}. {p.text}" if p.title else p.text for p in passages]
+    texts = [p.full_text for p in passages]
     asked = [q for _, q in flat]
     if ranker == "bm25":
         chunks = BM25(texts).scores(asked)
@@ -324,7 +325,7 @@ def round_trip(
 def training_data(passages: Sequence[Passage], generated: Sequence[GeneratedQuery], source: str) -> TrainingData:
     """The kept queries as (query, passage) pairs, or (query, passage, negative) triplets when
     every kept query has a hard negative."""
-    text = {p.id: f"{p.title}. {p.text}" if p.title else p.text for p in passages}
+    text = {p.id: p.full_text for p in passages}
     kept = [g for g in generated if g.kept]
     if len(kept) < 2:
         raise DataError(
