@@ -167,6 +167,26 @@ def test_calls_run_on_the_worker_between_batches(make_model) -> None:
 
 
 
+def test_the_owner_can_be_the_worker_in_its_own_thread(make_model) -> None:
+    model = make_model("echo")
+    scheduler = BatchScheduler(model, worker_thread=False)
+    futures = [scheduler.submit(TEXTS[i : i + 4], "query") for i in range(0, 12, 4)]
+    assert scheduler._worker is None and not any(f.done() for f in futures)  # nothing runs until the owner does
+    owner = threading.Thread(target=scheduler.run_forever, name="owner")
+    owner.start()
+    assert scheduler.call(lambda: threading.current_thread().name).result(30) == "owner"
+    with ThreadPoolExecutor(4) as pool:
+        more = list(pool.map(lambda i: scheduler.encode(TEXTS[i : i + 3], "document"), range(12, 24, 3)))
+    scheduler.close()  # from another thread: waits until run_forever has drained the queue and returned
+    assert not owner.is_alive()
+    for i, vectors in zip(range(0, 12, 4), (f.result(0) for f in futures)):
+        assert np.abs(vectors - lone(model, TEXTS[i : i + 4], "query")).max() < 1e-4
+    for i, vectors in zip(range(12, 24, 3), more):
+        assert np.abs(vectors - lone(model, TEXTS[i : i + 3], "document")).max() < 1e-4
+    with pytest.raises(RuntimeError, match="worker_thread=False"):
+        BatchScheduler(model).run_forever()
+
+
 def test_a_run_is_about_one_batch_and_small_requests_get_their_own_runs(make_model) -> None:
     """Behind a busy worker: a query waits for one short run of small requests, not behind the
     documents queued before it; the documents then go in arrival order, as many a run as the token

@@ -286,6 +286,17 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(folder: Path) -> No
         httpx.post(f"{server.url}/v1/embeddings", json={"input": ["late"]}, timeout=5)
 
 
+def test_a_port_in_use_fails_at_start_instead_of_hanging(folder: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "echo_embeddings.cli", "serve", str(folder), "--port", str(port), "--log-level", "error"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert "address already in use" in (result.stdout + result.stderr).lower()
+
+
 def test_a_matryoshka_trained_model_serves_its_trained_sizes_only(folder: Path, tmp_path: Path) -> None:
     from echo_embeddings import training
 

@@ -42,7 +42,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     try:
-        from ..server import ServerLimits, create_app, serve
+        from ..server import ServerLimits, create_app, make_scheduler, serve
     except ImportError:
         raise DataError('serving needs FastAPI and uvicorn: pip install "echo-embeddings[serve]"') from None
     for flag in ("max_inputs", "max_input_chars", "max_queued_texts", "port", "max_run_tokens"):
@@ -52,5 +52,7 @@ def run(args: argparse.Namespace) -> None:
     limits = ServerLimits(
         max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_queued_texts=args.max_queued_texts, max_run_tokens=args.max_run_tokens,
     )
-    app = create_app(model, served_model_name=args.served_model_name, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None, limits=limits)
-    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    scheduler = make_scheduler(model, limits, worker_thread=False)  # its worker is this, the main, thread: see serve()
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    app = create_app(model, served_model_name=args.served_model_name, api_key=api_key, limits=limits, scheduler=scheduler)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level, scheduler=scheduler)

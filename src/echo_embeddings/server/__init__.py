@@ -7,7 +7,7 @@ batches; ``metrics.py`` renders the counters in Prometheus' text format. Install
 ``pip install "echo-embeddings[serve]"``.
 """
 
-from .app import ServerLimits, create_app
+from .app import ServerLimits, create_app, make_scheduler
 from .runner import serve
 
-__all__ = ["ServerLimits", "create_app", "serve"]
+__all__ = ["ServerLimits", "create_app", "make_scheduler", "serve"]

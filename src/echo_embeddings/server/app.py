@@ -59,7 +59,14 @@ class ServerLimits:
     ``max_tokens_per_run``): more is more throughput and longer query latency. None: its default."""
 
 
-def create_app(model: Any, *, served_model_name: str | None = None, api_key: str | None = None, limits: ServerLimits | None = None) -> FastAPI:
+def create_app(
+    model: Any,
+    *,
+    served_model_name: str | None = None,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    scheduler: BatchScheduler | None = None,
+) -> FastAPI:
     """The server for ``model`` (a model from :func:`echo_embeddings.load`).
 
     Args:
@@ -69,16 +76,23 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
         api_key: when set, every request but ``/health`` needs ``Authorization: Bearer <api_key>``
             (compared in constant time); 401 without it.
         limits: :class:`ServerLimits`.
+        scheduler: the :class:`~echo_embeddings.scheduler.BatchScheduler` of ``model`` that requests
+            go to; the app closes it (draining it) at shutdown. Default: one made at startup from
+            ``limits``, with its own worker thread. ``echo-embeddings serve`` passes one made with
+            ``worker_thread=False`` and runs its worker in the main thread (:func:`serve`).
     """
+    if scheduler is not None and scheduler.model is not model:
+        raise ValueError("the scheduler runs another model than the one given to create_app")
     limits = limits or ServerLimits()
     name = served_model_name or str(getattr(model[0], "source", None) or "echo-embeddings")
+    given = scheduler
     state: dict[str, Any] = {"ready": False, "scheduler": None}
     metrics = ServerMetrics()
     dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        scheduler = BatchScheduler(model, max_queued_texts=limits.max_queued_texts, max_tokens_per_run=limits.max_run_tokens)
+        scheduler = given if given is not None else make_scheduler(model, limits)
         state["scheduler"] = scheduler
         await scheduler.aencode(["warm-up"], None)  # loads lazy parts and fills the prefix cache
         state["ready"] = True
@@ -179,6 +193,11 @@ def create_app(model: Any, *, served_model_name: str | None = None, api_key: str
         return response, len(texts), tokens
 
     return app
+
+
+def make_scheduler(model: Any, limits: ServerLimits, *, worker_thread: bool = True) -> BatchScheduler:
+    """The scheduler the app sends requests to, sized by ``limits``."""
+    return BatchScheduler(model, max_queued_texts=limits.max_queued_texts, max_tokens_per_run=limits.max_run_tokens, worker_thread=worker_thread)
 
 
 async def _unless_disconnected(request: Request, future: Any) -> np.ndarray:
