@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -259,11 +260,22 @@ def test_langchain_and_llamaindex_openai_clients(live: LiveServer, model) -> Non
     assert np.abs(np.array(llama.get_query_embedding("what plays music?")) - query).max() < 1e-5
 
 
+def cancelled(live: LiveServer) -> int:
+    metrics = httpx.get(f"{live.url}/metrics", headers={"authorization": "Bearer k3y"}).text
+    return int(float(re.search(r"^echo_embeddings_scheduler_cancelled_total (\S+)$", metrics, re.M).group(1)))
+
+
 def test_a_client_that_disconnects_breaks_nothing(live: LiveServer, model) -> None:
     headers = {"authorization": "Bearer k3y"}
     many = {"input": [f"a long-ish text number {i} " * 20 for i in range(400)]}
-    with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{live.url}/v1/embeddings", json=many, headers=headers, timeout=0.3)
+    before = cancelled(live)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.post, f"{live.url}/v1/embeddings", json=many, headers=headers, timeout=120)
+        time.sleep(0.3)  # the worker is inside that request's run
+        with pytest.raises(httpx.TimeoutException):  # this one waits in the queue, and its client goes away
+            httpx.post(f"{live.url}/v1/embeddings", json={"input": ["never embedded"]}, headers=headers, timeout=0.3)
+        assert running.result(120).status_code == 200
+    assert cancelled(live) == before + 1  # dropped before it ran
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda t: httpx.post(f"{live.url}/v1/embeddings", json={"input": [t]}, headers=headers, timeout=120), TEXTS))
     expected = unit(model.encode(TEXTS))

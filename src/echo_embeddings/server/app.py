@@ -202,13 +202,23 @@ def make_scheduler(model: Any, limits: ServerLimits, *, worker_thread: bool = Tr
 
 async def _unless_disconnected(request: Request, future: Any) -> np.ndarray:
     """The future's vectors; if the client goes away first, the request is cancelled (dropped if it
-    has not started; a batch it is in finishes for the others)."""
+    has not started; a batch it is in finishes for the others). The disconnect is an ASGI event
+    awaited beside the future, not polled: a server under load wakes only when something happens
+    (polling every 0.25 s cost about a tenth of the throughput on 2 CPU cores)."""
     result = asyncio.ensure_future(asyncio.wrap_future(future))
-    while True:
-        done, _ = await asyncio.wait({result}, timeout=0.25)
-        if done:
-            return result.result()
-        if await request.is_disconnected():
-            future.cancel()
-            result.cancel()
-            raise RequestError("the client disconnected", status=499, code="client_closed_request")
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if result.done():
+        return result.result()
+    future.cancel()
+    result.cancel()
+    raise RequestError("the client disconnected", status=499, code="client_closed_request")
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client has disconnected (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
