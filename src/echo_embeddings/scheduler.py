@@ -173,9 +173,8 @@ class BatchScheduler:
         self._condition = threading.Condition()
         self._worker_thread = worker_thread
         self._worker: threading.Thread | None = None
-        self._running = threading.Event()  # set once run_forever has started in the owner's thread
-        self._drained = threading.Event()  # set when it has finished the queue after close()
-        self._owner: threading.Thread | None = None  # the thread run_forever works in
+        self._owner: threading.Thread | None = None  # the thread run_forever works in, once it has started
+        self._drained = threading.Event()  # set when run_forever has finished the queue after close()
 
     # -- submitting -------------------------------------------------------------------------
     @property
@@ -323,9 +322,8 @@ class BatchScheduler:
         if self._worker_thread:
             raise RuntimeError("this scheduler starts its own worker thread; make it with worker_thread=False to run the worker here")
         with self._condition:
-            if self._running.is_set():
+            if self._owner is not None:
                 raise RuntimeError("run_forever is already running in another thread")
-            self._running.set()
             self._owner = threading.current_thread()
         try:
             self._run()
@@ -395,7 +393,7 @@ class BatchScheduler:
             worker = self._worker
         if worker is not None:
             worker.join(timeout)
-        elif self._running.is_set() and threading.current_thread() is not self._owner:
+        elif self._owner is not None and threading.current_thread() is not self._owner:
             self._drained.wait(timeout)
 
     @property

@@ -85,23 +85,22 @@ def create_app(
         raise ValueError("the scheduler runs another model than the one given to create_app")
     limits = limits or ServerLimits()
     name = served_model_name or str(getattr(model[0], "source", None) or "echo-embeddings")
-    given = scheduler
     state: dict[str, Any] = {"ready": False, "scheduler": None}
     metrics = ServerMetrics()
     dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        scheduler = given if given is not None else make_scheduler(model, limits)
-        state["scheduler"] = scheduler
-        await scheduler.aencode(["warm-up"], None)  # loads lazy parts and fills the prefix cache
+        running = scheduler if scheduler is not None else make_scheduler(model, limits)
+        state["scheduler"] = running
+        await running.aencode(["warm-up"], None)  # loads lazy parts and fills the prefix cache
         state["ready"] = True
         logger.info("serving %s (%d dimensions)", name, dimension)
         try:
             yield
         finally:
             state["ready"] = False
-            await asyncio.to_thread(scheduler.close)  # finishes what is queued
+            await asyncio.to_thread(running.close)  # finishes what is queued
 
     app = FastAPI(title="echo-embeddings", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
 
