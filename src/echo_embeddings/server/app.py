@@ -77,8 +77,9 @@ def create_app(
             (compared in constant time); 401 without it.
         limits: :class:`ServerLimits`.
         scheduler: the :class:`~echo_embeddings.scheduler.BatchScheduler` of ``model`` that requests
-            go to; the app closes it (draining it) at shutdown. Default: one made at startup from
-            ``limits``, with its own worker thread. ``echo-embeddings serve`` passes one made with
+            go to; the app closes it (draining it) at shutdown. Its own queue size and run budget
+            apply, not those of ``limits`` (:func:`make_scheduler` builds one from ``limits``).
+            Default: one made at startup from ``limits``, with its own worker thread. ``echo-embeddings serve`` passes one made with
             ``worker_thread=False`` and runs its worker in the main thread (:func:`serve`).
     """
     if scheduler is not None and scheduler.model is not model:
@@ -202,8 +203,7 @@ def make_scheduler(model: Any, limits: ServerLimits, *, worker_thread: bool = Tr
 async def _unless_disconnected(request: Request, future: Any) -> np.ndarray:
     """The future's vectors; if the client goes away first, the request is cancelled (dropped if it
     has not started; a batch it is in finishes for the others). The disconnect is an ASGI event
-    awaited beside the future, not polled: a server under load wakes only when something happens
-    (polling every 0.25 s cost about a tenth of the throughput on 2 CPU cores)."""
+    awaited beside the future, not polled, so a server under load wakes only when something happens."""
     result = asyncio.ensure_future(asyncio.wrap_future(future))
     gone = asyncio.ensure_future(_disconnect(request))
     try:
