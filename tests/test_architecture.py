@@ -115,9 +115,20 @@ def test_a_model_saved_by_0_2_0_loads_with_identical_vectors(tmp_path: Path) -> 
     texts = [str(t) for t in expected["texts"]]
     model = echo_embeddings.load(str(folder), device="cpu")
     assert [type(m).__name__ for m in model] == ["EchoEmbedder", "Whitening", "Normalize"]
-    np.testing.assert_allclose(model.encode(texts), expected["sentence"], atol=1e-5)
-    np.testing.assert_allclose(model.encode(texts, task="query"), expected["query"], atol=1e-5)
-    np.testing.assert_allclose(model.encode(texts, task="document"), expected["document"], atol=1e-5)
+    # 0.2.0 fitted this whitening on 18 texts of a tiny random model and kept three directions with
+    # no variance, scaled by about 1e6: there the vectors are float noise, and it differs between
+    # CPUs (their kernels round differently). Compare the five directions with variance, each
+    # vector renormalised over them (what the unit vectors hold there, whatever the noise added).
+    scales = np.linalg.norm(model[1].projection.detach().numpy(), axis=0)
+    real = scales < 1e3 * scales.min()
+    assert real.sum() == 5
+
+    def informative(vectors: np.ndarray) -> np.ndarray:
+        kept = vectors[:, real]
+        return kept / np.linalg.norm(kept, axis=1, keepdims=True)
+
+    for task, key in ((None, "sentence"), ("query", "query"), ("document", "document")):
+        np.testing.assert_allclose(informative(model.encode(texts, task=task)), informative(expected[key]), atol=1e-5)
 
 
 def test_an_unknown_task_is_an_error_not_the_symmetric_template(make_model) -> None:
