@@ -211,3 +211,21 @@ def test_a_run_is_about_one_batch_and_small_requests_get_their_own_runs(make_mod
     assert np.abs(results[5] - lone(model, [question], "query")).max() < 1e-4
     assert np.abs(results[6] - lone(model, ["and the next one?"], "query")).max() < 1e-4
     scheduler.close()
+
+
+def test_a_small_turn_takes_small_requests_of_every_template(make_model) -> None:
+    """A one-sentence query queued behind a one-sentence document of the other template does not
+    wait for another turn: the small run embeds both, one encode call per template set."""
+    model = make_model("echo")
+    gated, scheduler, first = held(model, TEXTS[30:32], small_request_texts=1)
+    documents = scheduler.submit(TEXTS[:8], "document")
+    note = scheduler.submit([TEXTS[8]], "document")
+    query = scheduler.submit(["what is the sentence number?"], "query", instruction="Find it")
+    gated.gate.set()
+    results = [f.result(30) for f in (first, note, query, documents)]
+    assert gated.calls[1:] == [1, 1, 8]  # the small turn (both templates), then the documents
+    assert np.abs(results[1] - lone(model, [TEXTS[8]], "document")).max() < 1e-4
+    assert np.abs(results[2] - lone(model, ["what is the sentence number?"], "query", "Find it")).max() < 1e-4
+    assert np.abs(results[3] - lone(model, TEXTS[:8], "document")).max() < 1e-4
+    scheduler.close()
+

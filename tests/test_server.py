@@ -146,6 +146,24 @@ def test_api_key_models_health_and_metrics(model) -> None:
         assert 'echo_embeddings_requests_total{status="200"} 1' in metrics
         assert "echo_embeddings_texts_total 2" in metrics and "echo_embeddings_queue_texts 0" in metrics
         assert 'echo_embeddings_request_seconds_bucket{le="+Inf"} 1' in metrics and "echo_embeddings_run_texts_count" in metrics
+        assert re.search(r"^echo_embeddings_run_seconds_count [1-9]", metrics, re.M)
+
+
+def test_an_unexpected_error_is_a_500_without_a_stack_trace(model, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = type(model).encode
+
+    def failing(self, texts, *args, **kwargs):
+        if texts == ["explode"]:
+            raise RuntimeError("secret internal detail")
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "encode", failing)
+    with TestClient(create_app(model), raise_server_exceptions=False) as client:
+        response = post(client, {"input": ["explode"]})
+        assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+        assert "secret" not in response.text and "Traceback" not in response.text
+        assert post(client, {"input": ["still serving"]}).status_code == 200
+        assert client.get("/nowhere").status_code == 404
 
 
 def test_a_full_queue_answers_429_with_retry_after(model, monkeypatch: pytest.MonkeyPatch) -> None:

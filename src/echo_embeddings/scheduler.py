@@ -15,8 +15,10 @@ request that arrives while the worker is busy waits for one short run, not for e
 before it. Runs alternate between two kinds when *small* requests (at most
 ``small_request_texts`` texts, one by default: a RAG query) are waiting:
 
-1. a run of small requests alone (half the token budget at most), in arrival order: short, so a
-   one-sentence query waits for at most the run in progress and this one;
+1. a run of small requests alone (half the token budget at most), in arrival order, whatever
+   their task or instruction (one ``model.encode`` per template set): short, so a one-sentence
+   query waits for at most the run in progress and this one, even behind small requests of the
+   other template;
 2. then a run in plain arrival order from the oldest request, small or not, so large requests
    get at least every other run and nothing waits forever.
 
@@ -105,6 +107,8 @@ class SchedulerStats:
     failed: int = 0
     run_texts: Histogram = field(default_factory=lambda: Histogram(RUN_SIZE_BUCKETS))
     latency_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    run_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    """Time of each run's ``model.encode``: its sum over the elapsed time is how busy the model was."""
 
 
 @dataclass
@@ -296,13 +300,13 @@ class BatchScheduler:
             small = [r for r in waiting if len(r.texts) <= self.small_request_texts]
             self._small_turn = bool(small) and not self._small_turn
             candidates = small if self._small_turn else waiting
-            group = (candidates[0].task, candidates[0].instruction)  # one encode call a run: the first one's templates
+            group = (candidates[0].task, candidates[0].instruction)
             budget = self.max_tokens_per_run // 2 if self._small_turn else self.max_tokens_per_run  # small runs stay short
             taken: list[_Request] = []
             texts = tokens = 0
             for request in candidates:
-                if (request.task, request.instruction) != group:
-                    continue
+                if not self._small_turn and (request.task, request.instruction) != group:
+                    continue  # a small turn takes every template set (one encode each), a large one only the first's
                 fits = texts + len(request.texts) <= self.max_texts_per_run and tokens + request.tokens <= budget
                 if taken and not fits:
                     continue  # a smaller one behind it may still fit; the first always goes
@@ -343,12 +347,16 @@ class BatchScheduler:
             live = [r for r in taken if r.future.set_running_or_notify_cancel()]  # type: ignore[union-attr]
             with self._condition:
                 self.stats.cancelled += len(taken) - len(live)
-            if live:
-                self._run_group(live[0].task, live[0].instruction, live)  # type: ignore[union-attr, arg-type]
+            groups: dict[tuple[Task | None, str | None], list[_Request]] = {}
+            for request in live:
+                groups.setdefault((request.task, request.instruction), []).append(request)  # type: ignore[union-attr, arg-type]
+            for (task, instruction), requests in groups.items():
+                self._run_group(task, instruction, requests)
 
     def _run_group(self, task: Task | None, instruction: str | None, requests: list[_Request]) -> None:
         texts = [t for r in requests for t in r.texts]
         options: dict[str, Any] = {"instruction": instruction} if instruction is not None else {}
+        started = time.perf_counter()
         try:
             vectors = self.model.encode(
                 texts, task=task, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False, **options
@@ -365,6 +373,7 @@ class BatchScheduler:
         with self._condition:
             self.stats.runs += 1
             self.stats.run_texts.observe(len(texts))
+            self.stats.run_seconds.observe(done - started)
             for request in requests:
                 self.stats.latency_seconds.observe(done - request.queued_at)
         for request in requests:
@@ -379,8 +388,7 @@ class BatchScheduler:
             return {
                 "requests": stats.requests, "texts": stats.texts, "runs": stats.runs, "rejected": stats.rejected,
                 "cancelled": stats.cancelled, "failed": stats.failed, "queued_texts": self._queued_texts,
-                "run_texts": (stats.run_texts.bounds, list(stats.run_texts.counts), stats.run_texts.total, stats.run_texts.count),
-                "latency_seconds": (stats.latency_seconds.bounds, list(stats.latency_seconds.counts), stats.latency_seconds.total, stats.latency_seconds.count),
+                **{name: _parts(getattr(stats, name)) for name in ("run_texts", "run_seconds", "latency_seconds")},
             }
 
     def close(self, timeout: float | None = None) -> None:
@@ -403,6 +411,11 @@ class BatchScheduler:
     def _dimension(self) -> int:
         get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         return int(get())
+
+
+def _parts(histogram: Histogram) -> tuple:
+    """A copy of a histogram as (bounds, counts, sum, count)."""
+    return histogram.bounds, list(histogram.counts), histogram.total, histogram.count
 
 
 def _engine_budget(model: Any) -> int:

@@ -105,24 +105,7 @@ def create_app(
 
     app = FastAPI(title="echo-embeddings", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    def error(exc: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):  # noqa: ANN001, ANN202
-        if request.url.path != "/health" and api_key is not None:
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {api_key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error(RequestError("missing or wrong API key: send 'Authorization: Bearer <key>'", status=401, kind="authentication_error", code="invalid_api_key"))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            return error(RequestError(f"the body has {length} bytes; at most {limits.max_body_bytes}", status=413, code="body_too_large"))
-        try:
-            return await call_next(request)
-        except Exception:  # never a stack trace in a response
-            logger.exception("unexpected error on %s", request.url.path)
-            return error(RequestError("internal error; the server log has the details", status=500, kind="server_error"))
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -146,7 +129,7 @@ def create_app(
         except RequestError as exc:
             metrics.record(exc.status, time.perf_counter() - started)
             headers = {"Retry-After": str(limits.retry_after_seconds)} if exc.status == 429 else None
-            return error(exc, headers)
+            return _error(exc, headers)
         metrics.record(200, time.perf_counter() - started, texts, tokens)
         return JSONResponse(response)
 
@@ -193,6 +176,49 @@ def create_app(
         return response, len(texts), tokens
 
     return app
+
+
+class _Guard:
+    """The API key and the declared body size, checked before routing; an unexpected error becomes a
+    500 in OpenAI's shape, without a stack trace. Plain ASGI: FastAPI's ``@app.middleware("http")``
+    would add a task group and a body stream to every request, in the thread that must stay light."""
+
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.expected = None if api_key is None else f"Bearer {api_key}".encode()
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.expected is not None and scope["path"] != "/health" and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            refused = RequestError("missing or wrong API key: send 'Authorization: Bearer <key>'", status=401, kind="authentication_error", code="invalid_api_key")
+            await _error(refused)(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await _error(RequestError(f"the body has {int(length)} bytes; at most {self.max_body_bytes}", status=413, code="body_too_large"))(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:  # never a stack trace in a response
+            logger.exception("unexpected error on %s", scope["path"])
+            if started:  # too late for an error response; the connection is closed
+                raise
+            await _error(RequestError("internal error; the server log has the details", status=500, kind="server_error"))(scope, receive, send)
+
+
+def _error(exc: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 def make_scheduler(model: Any, limits: ServerLimits, *, worker_thread: bool = True) -> BatchScheduler:

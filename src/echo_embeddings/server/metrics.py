@@ -30,7 +30,7 @@ class ServerMetrics:
                 self.latency.observe(seconds)
 
     def render(self, scheduler: dict[str, Any]) -> str:
-        """The text format: counters, the queue-depth gauge and three histograms."""
+        """The text format: counters, the queue-depth gauge and four histograms."""
         with self._lock:
             lines = [f"# HELP {PREFIX}_requests_total Embedding requests answered, by HTTP status.", f"# TYPE {PREFIX}_requests_total counter"]
             lines += [f'{PREFIX}_requests_total{{status="{status}"}} {count}' for status, count in sorted(self.responses.items())]
@@ -42,6 +42,7 @@ class ServerMetrics:
         lines += _counter("scheduler_cancelled_total", "Requests dropped before running because their client went away.", scheduler["cancelled"])
         lines += [f"# HELP {PREFIX}_queue_texts Texts waiting for the model.", f"# TYPE {PREFIX}_queue_texts gauge", f"{PREFIX}_queue_texts {scheduler['queued_texts']}"]
         lines += _histogram("run_texts", "Texts merged into one run of the model.", _as_histogram(scheduler["run_texts"]))
+        lines += _histogram("run_seconds", "Time of one run of the model; its sum over the elapsed time is how busy the model was.", _as_histogram(scheduler["run_seconds"]))
         lines += _histogram("scheduler_wait_seconds", "Time from queueing to vectors, inside the scheduler.", _as_histogram(scheduler["latency_seconds"]))
         return "\n".join(lines) + "\n"
 
