@@ -17,6 +17,10 @@ environment of its own), the loaded levels are run again against Infinity servin
 model with plain mean pooling, beside Infinity's own offline encode (``infinity_offline.py``): the
 anchor for how much of its offline throughput a batching server keeps.
 
+For the echo server, each level also splits the server's time from its ``/metrics`` counters: how
+busy the model was, the texts of a run and the texts/s inside runs, and a request's mean time
+outside the scheduler (HTTP, parsing, encoding the answer).
+
 Each level is run once per ``--run-tokens`` budget (the scheduler's tokens per model call: the
 trade between throughput and query latency); the later budgets only at 32 clients and more. The
 offline ceiling is measured again right before and right after each level (their mean is the
@@ -139,6 +143,7 @@ async def load_level(
                 probe_latencies.append(time.perf_counter() - started)
                 await check([text], task, response)
 
+        counters_before = await server_counters(http)
         probe_task = asyncio.create_task(probe())
         started = time.perf_counter()
         cpu_started = time.process_time()
@@ -150,13 +155,42 @@ async def load_level(
         generator_cpu = time.process_time() - cpu_started
         stop.set()
         await probe_task
+        counters = {name: value - counters_before[name] for name, value in (await server_counters(http)).items()}
     return {
+        **split_of_the_time(counters, elapsed),
         "clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies), "texts": sent_texts,
         "generator_cores": round(generator_cpu / elapsed, 2),
         "texts_per_s": round(sent_texts / elapsed, 2), "errors": len(errors), "first_errors": errors[:3],
         "request_p50_s": round(percentile(latencies, 50), 3), "request_p99_s": round(percentile(latencies, 99), 3),
         "query_p50_s": round(percentile(probe_latencies, 50), 3), "query_p95_s": round(percentile(probe_latencies, 95), 3),
         "query_p99_s": round(percentile(probe_latencies, 99), 3), "query_probes": len(probe_latencies),
+    }
+
+
+COUNTERS = ("run_seconds_sum", "run_seconds_count", "run_texts_sum", "request_seconds_sum", "request_seconds_count", "scheduler_wait_seconds_sum")
+
+
+async def server_counters(http: httpx.AsyncClient) -> dict[str, float]:
+    """The echo server's own counters (``/metrics``); empty for a server without them (Infinity)."""
+    response = await http.get("/metrics")
+    found = {}
+    for line in response.text.splitlines() if response.status_code == 200 else []:
+        name, _, value = line.partition(" ")
+        if name.removeprefix("echo_embeddings_") in COUNTERS:
+            found[name.removeprefix("echo_embeddings_")] = float(value)
+    return found if len(found) == len(COUNTERS) else {}
+
+
+def split_of_the_time(counters: dict[str, float], elapsed: float) -> dict:
+    """Where the server's time went during a level: how busy the model was, its texts/s inside
+    runs, and a request's mean time outside the scheduler (HTTP, parsing, encoding the answer)."""
+    if not counters or not counters["run_seconds_sum"] or not counters["request_seconds_count"]:
+        return {}
+    return {
+        "model_busy": round(counters["run_seconds_sum"] / elapsed, 3),
+        "texts_per_run": round(counters["run_texts_sum"] / counters["run_seconds_count"], 1),
+        "in_run_texts_per_s": round(counters["run_texts_sum"] / counters["run_seconds_sum"], 2),
+        "http_ms_per_request": round(1000 * (counters["request_seconds_sum"] - counters["scheduler_wait_seconds_sum"]) / counters["request_seconds_count"], 1),
     }
 
 
@@ -185,7 +219,8 @@ def as_table(report: dict, args: argparse.Namespace) -> dict:
     def cell(value: float | None, decimals: int) -> dict | None:
         return None if value is None else {"value": value, "decimals": decimals}
 
-    columns = ["texts/s", "offline texts/s", "vs offline encode", "lock per call vs offline", "query p50 s", "query p95 s", "query p99 s", "errors"]
+    columns = ["texts/s", "offline texts/s", "vs offline encode", "lock per call vs offline", "query p50 s", "query p95 s", "query p99 s", "errors",
+               "model busy", "texts a run", "texts/s in runs", "HTTP ms a request"]
     rows = []
     for level in report["levels"] + report.get("infinity", []):
         rows.append({
@@ -194,6 +229,7 @@ def as_table(report: dict, args: argparse.Namespace) -> dict:
             "cells": [
                 cell(level["texts_per_s"], 1), cell(level["offline_texts_per_s"], 1), cell(level["vs_offline"], 2), cell(level.get("lock_vs_offline"), 2),
                 cell(level["query_p50_s"], 2), cell(level["query_p95_s"], 2), cell(level["query_p99_s"], 2), cell(level["errors"], 0),
+                cell(level.get("model_busy"), 3), cell(level.get("texts_per_run"), 1), cell(level.get("in_run_texts_per_s"), 1), cell(level.get("http_ms_per_request"), 0),
             ],
         })
     return {
@@ -351,7 +387,8 @@ def main() -> int:
                     f"{run_tokens:>5} tokens a run, {clients:>4} clients: {result['texts_per_s']:6.1f} texts/s = {result['vs_offline']:.2f} x offline "
                     f"({offline:.1f}; lock per call {result.get('lock_vs_offline', '-')}); "
                     f"query p50/p95/p99 {result['query_p50_s']}/{result['query_p95_s']}/{result['query_p99_s']} s; errors {result['errors']}; "
-                    f"load generator {result['generator_cores']} cores",
+                    f"load generator {result['generator_cores']} cores; model busy {result.get('model_busy')}, {result.get('texts_per_run')} texts a run, "
+                    f"{result.get('in_run_texts_per_s')} texts/s in runs, {result.get('http_ms_per_request')} ms a request outside the scheduler",
                     flush=True,
                 )
             peaks.append(peak_rss_mib(server.pid))
