@@ -21,8 +21,9 @@ For the echo server, each level also splits the server's time from its ``/metric
 busy the model was, the texts of a run and the texts/s inside runs, and a request's mean time
 outside the scheduler (HTTP, parsing, encoding the answer).
 
-Each level is run once per ``--run-tokens`` budget (the scheduler's tokens per model call: the
-trade between throughput and query latency); the later budgets only at 32 clients and more. The
+Each level is run once per ``--run-tokens`` budget (the scheduler's run budget, the trade between
+throughput and query latency: ``0.5s`` is the default budget that adapts so that a run takes half a
+second, ``256`` a fixed 256 tokens a run); the later budgets only at 32 clients and more. The
 offline ceiling is measured again right before and right after each level (their mean is the
 ceiling), so that a machine whose speed drifts (a shared 2-core VM) still gives honest ratios.
 """
@@ -155,7 +156,7 @@ async def load_level(
         generator_cpu = time.process_time() - cpu_started
         stop.set()
         await probe_task
-        counters = {name: value - counters_before[name] for name, value in (await server_counters(http)).items()}
+        counters = {name: value - (0 if name in GAUGES else counters_before[name]) for name, value in (await server_counters(http)).items()}
     return {
         **split_of_the_time(counters, elapsed),
         "clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies), "texts": sent_texts,
@@ -167,18 +168,19 @@ async def load_level(
     }
 
 
+GAUGES = ("run_token_budget",)
 COUNTERS = ("run_seconds_sum", "run_seconds_count", "run_texts_sum", "request_seconds_sum", "request_seconds_count", "scheduler_wait_seconds_sum")
 
 
 async def server_counters(http: httpx.AsyncClient) -> dict[str, float]:
-    """The echo server's own counters (``/metrics``); empty for a server without them (Infinity)."""
+    """The echo server's own counters and gauges (``/metrics``); empty for a server without them (Infinity)."""
     response = await http.get("/metrics")
     found = {}
     for line in response.text.splitlines() if response.status_code == 200 else []:
         name, _, value = line.partition(" ")
-        if name.removeprefix("echo_embeddings_") in COUNTERS:
+        if name.removeprefix("echo_embeddings_") in COUNTERS + GAUGES:
             found[name.removeprefix("echo_embeddings_")] = float(value)
-    return found if len(found) == len(COUNTERS) else {}
+    return found if len(found) == len(COUNTERS + GAUGES) else {}
 
 
 def split_of_the_time(counters: dict[str, float], elapsed: float) -> dict:
@@ -191,6 +193,7 @@ def split_of_the_time(counters: dict[str, float], elapsed: float) -> dict:
         "texts_per_run": round(counters["run_texts_sum"] / counters["run_seconds_count"], 1),
         "in_run_texts_per_s": round(counters["run_texts_sum"] / counters["run_seconds_sum"], 2),
         "http_ms_per_request": round(1000 * (counters["request_seconds_sum"] - counters["scheduler_wait_seconds_sum"]) / counters["request_seconds_count"], 1),
+        "token_budget_at_end": int(counters["run_token_budget"]),
     }
 
 
@@ -220,16 +223,17 @@ def as_table(report: dict, args: argparse.Namespace) -> dict:
         return None if value is None else {"value": value, "decimals": decimals}
 
     columns = ["texts/s", "offline texts/s", "vs offline encode", "lock per call vs offline", "query p50 s", "query p95 s", "query p99 s", "errors",
-               "model busy", "texts a run", "texts/s in runs", "HTTP ms a request"]
+               "model busy", "texts a run", "texts/s in runs", "HTTP ms a request", "token budget at the end"]
     rows = []
     for level in report["levels"] + report.get("infinity", []):
         rows.append({
             "label": f"Infinity {report['infinity_version']}, mean pooling, {level['clients']} clients" if "infinity" in level
-            else f"{level['clients']} clients, {level['run_tokens']} tokens a run",
+            else f"{level['clients']} client{'s' * (level['clients'] != 1)}, {budget_name(level['run_tokens'])}",
             "cells": [
                 cell(level["texts_per_s"], 1), cell(level["offline_texts_per_s"], 1), cell(level["vs_offline"], 2), cell(level.get("lock_vs_offline"), 2),
                 cell(level["query_p50_s"], 2), cell(level["query_p95_s"], 2), cell(level["query_p99_s"], 2), cell(level["errors"], 0),
                 cell(level.get("model_busy"), 3), cell(level.get("texts_per_run"), 1), cell(level.get("in_run_texts_per_s"), 1), cell(level.get("http_ms_per_request"), 0),
+                cell(level.get("token_budget_at_end"), 0),
             ],
         })
     return {
@@ -254,11 +258,17 @@ def offline_rate(model, texts: list[str], seed: int) -> float:
     return len(sample) / (time.perf_counter() - started)
 
 
-def start_server(model_name: str, run_tokens: int) -> tuple[subprocess.Popen, str]:
+def budget_name(budget: str) -> str:
+    """``0.5s`` -> "0.5 s a run (adaptive)", ``256`` -> "256 tokens a run"."""
+    return f"{budget[:-1]} s a run (adaptive)" if str(budget).endswith("s") else f"{int(budget):,} tokens a run"
+
+
+def start_server(model_name: str, budget: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    flag = ["--run-seconds", budget[:-1]] if budget.endswith("s") else ["--max-run-tokens", str(int(budget))]
     server = subprocess.Popen(
-        [sys.executable, "-m", "echo_embeddings.cli", "serve", model_name, "--port", str(port), "--log-level", "warning", "--max-run-tokens", str(run_tokens)],
+        [sys.executable, "-m", "echo_embeddings.cli", "serve", model_name, "--port", str(port), "--log-level", "warning", *flag],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     wait_ready(server, f"{url}/health")
@@ -352,7 +362,9 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--texts", type=int, default=600, help="distinct sentences drawn from (default: %(default)s)")
     parser.add_argument("--levels", default="1,8,32,128", help="concurrent clients per level")
-    parser.add_argument("--run-tokens", default="256,1024", help="scheduler budgets (tokens a model call) to measure (default: %(default)s)")
+    parser.add_argument(
+        "--run-tokens", default="0.5s,256,1024", help="scheduler budgets to measure: seconds a run (adaptive, '0.5s') or fixed tokens a run (default: %(default)s)"
+    )
     parser.add_argument("--requests", type=int, default=240, help="requests per level, split across its clients (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=180, help="time limit per level (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -364,7 +376,7 @@ def main() -> int:
     model = echo_embeddings.load(args.model, "echo")
     expected = {task: model.encode(texts, task=task, normalize_embeddings=True) for task in ("query", "document")}
     levels, peaks, exit_codes = [], [], []
-    for number, run_tokens in enumerate(int(t) for t in args.run_tokens.split(",")):
+    for number, run_tokens in enumerate(args.run_tokens.split(",")):
         server, url = start_server(args.model, run_tokens)
         try:
             for clients in (int(c) for c in args.levels.split(",")):
@@ -384,11 +396,12 @@ def main() -> int:
                     result |= {"lock_per_call_texts_per_s": round(lock, 2), "lock_vs_offline": round(lock / offline, 3)}
                 levels.append(result)
                 print(
-                    f"{run_tokens:>5} tokens a run, {clients:>4} clients: {result['texts_per_s']:6.1f} texts/s = {result['vs_offline']:.2f} x offline "
+                    f"{budget_name(run_tokens)}, {clients:>4} clients: {result['texts_per_s']:6.1f} texts/s = {result['vs_offline']:.2f} x offline "
                     f"({offline:.1f}; lock per call {result.get('lock_vs_offline', '-')}); "
                     f"query p50/p95/p99 {result['query_p50_s']}/{result['query_p95_s']}/{result['query_p99_s']} s; errors {result['errors']}; "
                     f"load generator {result['generator_cores']} cores; model busy {result.get('model_busy')}, {result.get('texts_per_run')} texts a run, "
-                    f"{result.get('in_run_texts_per_s')} texts/s in runs, {result.get('http_ms_per_request')} ms a request outside the scheduler",
+                    f"{result.get('in_run_texts_per_s')} texts/s in runs, {result.get('http_ms_per_request')} ms a request outside the scheduler, "
+                    f"budget at the end {result.get('token_budget_at_end')} tokens",
                     flush=True,
                 )
             peaks.append(peak_rss_mib(server.pid))

@@ -64,6 +64,8 @@ def test_mistakes_are_reported_before_any_weights_load(tmp_path: Path, never_loa
     assert "did you mean 'gemma3-270m'" in capsys.readouterr().err
     assert cli.main(["train", str(ROOT / "tests/data/triples.tsv"), "--strategy", "ecko", "--out", str(tmp_path / "o")]) == 2
     assert "--strategy" in capsys.readouterr().err
+    assert cli.main(["serve", "--run-seconds", "0"]) == 2
+    assert "--run-seconds must be positive, got 0.0" in capsys.readouterr().err
 
 
 def test_train_reads_a_triplet_file_with_its_own_column_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -229,3 +229,61 @@ def test_a_small_turn_takes_small_requests_of_every_template(make_model) -> None
     assert np.abs(results[3] - lone(model, TEXTS[:8], "document")).max() < 1e-4
     scheduler.close()
 
+
+
+def test_the_run_budget_settles_where_a_run_takes_run_seconds(make_model) -> None:
+    """The adaptive budget, fed the times of a model whose call costs 0.07 s plus a token a
+    millisecond, settles where a full run takes ``run_seconds``; runs that were not full (a short
+    queue) and a fixed budget leave it alone."""
+    scheduler = BatchScheduler(make_model("echo"), run_seconds=0.5, worker_thread=False)
+    start = scheduler.stats.run_tokens
+    scheduler._adapt(start // 4, 0.01)  # a quarter of the budget: says nothing of the rate
+    assert scheduler.stats.run_tokens == start
+    for _ in range(30):
+        tokens = scheduler.stats.run_tokens
+        scheduler._adapt(tokens, 0.07 + tokens / 1000)
+    assert abs(scheduler.stats.run_tokens - 430) <= 5  # 0.07 + 430 / 1000 = 0.5 s
+    assert scheduler.snapshot()["run_tokens"] == scheduler.stats.run_tokens
+    fixed = BatchScheduler(make_model("echo"), max_tokens_per_run=300, worker_thread=False)
+    assert fixed.run_seconds is None and fixed.stats.run_tokens == 300
+    with pytest.raises(ValueError, match="run_seconds must be positive, got 0"):
+        BatchScheduler(make_model("echo"), run_seconds=0)
+
+
+def test_a_fast_model_gets_a_larger_budget_under_load(make_model) -> None:
+    """A tiny model embeds the starting budget in far less than the half second a run may take,
+    so after one full run the budget grows, and the next run takes more of the queue."""
+    model = make_model("echo")
+    gated, scheduler, _ = held(model, TEXTS[30:32])
+    start = scheduler.stats.run_tokens
+    futures = [scheduler.submit(TEXTS[i % 40 : i % 40 + 2] * 4, "document") for i in range(0, 120, 2)]  # 60 requests of 8
+    queued = sum(r.tokens for r in scheduler._queue)
+    assert queued > 4 * start
+    gated.gate.set()
+    for i, future in zip(range(0, 120, 2), futures):
+        assert np.abs(future.result(30) - lone(model, TEXTS[i % 40 : i % 40 + 2] * 4, "document")).max() < 1e-4
+    assert scheduler.stats.run_tokens > 2 * start
+    per_request = queued / len(futures)
+    assert gated.calls[1] * per_request / 8 <= start + per_request  # the first run: the starting budget
+    assert gated.calls[2] >= 4 * gated.calls[1]  # the next: the grown one
+    scheduler.close()
+
+
+def test_a_small_turn_fills_its_run_with_requests_of_the_same_template(make_model) -> None:
+    """The query's run is not a short one of its own: the rest of its budget goes to the larger
+    requests of the query's template, ahead of the documents queued before them."""
+    model = make_model("echo")
+    question = "what is the sentence number?"
+    counts = BatchScheduler(model).count_tokens([question, *TEXTS[:8]])
+    budget = counts[0] + sum(counts[5:9]) + 2  # the question and one request of four
+    gated, scheduler, first = held(model, TEXTS[30:32], max_tokens_per_run=budget)
+    documents = scheduler.submit(TEXTS[:4], "document")
+    queries = scheduler.submit(TEXTS[4:8], "query")
+    query = scheduler.submit([question], "query")
+    gated.gate.set()
+    results = [f.result(30) for f in (first, documents, queries, query)]
+    assert gated.calls[1:] == [5, 4]  # the question with the other queries, then the documents
+    assert np.abs(results[1] - lone(model, TEXTS[:4], "document")).max() < 1e-4
+    assert np.abs(results[2] - lone(model, TEXTS[4:8], "query")).max() < 1e-4
+    assert np.abs(results[3] - lone(model, [question], "query")).max() < 1e-4
+    scheduler.close()

@@ -147,6 +147,7 @@ def test_api_key_models_health_and_metrics(model) -> None:
         assert "echo_embeddings_texts_total 2" in metrics and "echo_embeddings_queue_texts 0" in metrics
         assert 'echo_embeddings_request_seconds_bucket{le="+Inf"} 1' in metrics and "echo_embeddings_run_texts_count" in metrics
         assert re.search(r"^echo_embeddings_run_seconds_count [1-9]", metrics, re.M)
+        assert re.search(r"^echo_embeddings_run_token_budget [1-9][0-9]*$", metrics, re.M)
 
 
 def test_an_unexpected_error_is_a_500_without_a_stack_trace(model, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,21 +9,27 @@ usual. Each caller then gets its own rows back, in its own order. A text's vecto
 on the batch it shared (the engine's batch invariance), so a caller's vectors equal a lone
 ``model.encode`` of the same texts.
 
-A run is one ``model.encode`` call of about ``max_tokens_per_run`` of the texts' own tokens, for
-requests that share a task and an instruction (the engine runs one template set a call), so a
-request that arrives while the worker is busy waits for one short run, not for everything queued
-before it. Runs alternate between two kinds when *small* requests (at most
+A run is one ``model.encode`` call of a token budget of the texts' own tokens, for requests that
+share a task and an instruction (the engine runs one template set a call), so a request that
+arrives while the worker is busy waits for one short run, not for everything queued before it.
+The budget is set in time: it adapts so that a full run takes about ``run_seconds`` (0.5 s by
+default) on whatever machine and model it runs, from the tokens/s of the runs so far (or it is a
+fixed ``max_tokens_per_run``). Runs alternate between two kinds when *small* requests (at most
 ``small_request_texts`` texts, one by default: a RAG query) are waiting:
 
-1. a run of small requests alone (half the token budget at most), in arrival order, whatever
-   their task or instruction (one ``model.encode`` per template set): short, so a one-sentence
-   query waits for at most the run in progress and this one, even behind small requests of the
-   other template;
+1. a run that takes the small requests first (half the budget at most), in arrival order, whatever
+   their task or instruction (one ``model.encode`` per template set), and fills the rest of the
+   budget with the other requests of their template sets: a one-sentence query waits for at most
+   the run in progress and this one, even behind small requests of the other template, and the
+   run is still a full one;
 2. then a run in plain arrival order from the oldest request, small or not, so large requests
    get at least every other run and nothing waits forever.
 
-The budget trades latency for throughput: a longer run amortises the per-call cost but holds a
-query back longer. ``benchmarks/serve_load.py`` measures both at two budgets.
+The budget trades latency for throughput: a longer run amortises the per-call cost (a model call
+streams all the weights once, whatever its size) but holds a query back longer, for about two
+runs. In tokens the right budget differs by machine (on 2 CPU cores, 512 tokens take 0.5 s on one
+and 1 s on another; on a GPU a run of 0.5 s holds thousands); in seconds it does not.
+``benchmarks/serve_load.py`` measures both at several budgets.
 
 The queue is bounded in texts: a request that would overflow it fails at once with
 :class:`QueueFullError` (or, with ``wait=True``, waits for room). Inputs are checked before they
@@ -60,11 +66,15 @@ DEFAULT_MAX_QUEUED_TEXTS = 16_384
 """Texts waiting at most (about 50 MB of text at 3 KB a text); past it requests are refused."""
 DEFAULT_MAX_TEXTS_PER_RUN = 1_024
 """Texts the worker takes into one run at most (the token budget usually stops a run first)."""
+DEFAULT_RUN_SECONDS = 0.5
+"""What a full run should take: a one-text query under load waits about two runs."""
 DEFAULT_SMALL_REQUEST_TEXTS = 1
-"""Requests of at most this many texts get runs of their own (a RAG query is one text)."""
+"""Requests of at most this many texts go first in every other run (a RAG query is one text)."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RUN_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 UNIT_LENGTH = OutputFormat(normalize=True)
+MIN_RUN_TOKENS = 16
+"""The adaptive budget's floor (a run's first request always goes, whatever its size)."""
 
 
 class QueueFullError(RuntimeError):
@@ -109,6 +119,8 @@ class SchedulerStats:
     latency_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     run_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     """Time of each run's ``model.encode``: its sum over the elapsed time is how busy the model was."""
+    run_tokens: int = 0
+    """The token budget of a run now (it adapts to ``run_seconds`` unless it was fixed)."""
 
 
 @dataclass
@@ -136,12 +148,17 @@ class BatchScheduler:
         max_queued_texts: most texts waiting; a request that would pass it is refused
             (:class:`QueueFullError`) or, with ``wait=True``, waits for room.
         max_texts_per_run: most texts the worker merges into one run.
-        max_tokens_per_run: most tokens (the texts' own, counted with the model's tokenizer) in one
-            run; its first request always goes. None: an eighth of the engine's batch token budget
-            (``model[0].engine.batch_token_budget``): 256 on a CPU (about a second of SmolLM2 echo
-            on 2 cores), 4,096 on a GPU; 256 for a model without an engine.
-        small_request_texts: requests of at most this many texts get runs of their own, every
-            other run while they wait (0: plain arrival order).
+        max_tokens_per_run: a fixed budget: most tokens (the texts' own, counted with the model's
+            tokenizer) in one run; its first request always goes. None (default): the budget
+            adapts to ``run_seconds``, starting from an eighth of the engine's batch token budget
+            (``model[0].engine.batch_token_budget``: 256 on a CPU, 4,096 on a GPU; 256 for a model
+            without an engine) and staying between 16 tokens and four engine batches.
+        run_seconds: what a full run should take when the budget adapts (None: the starting
+            budget stays fixed). After each full run (at least half its budget taken), the
+            budget becomes the tokens/s measured so far (a moving mean) times ``run_seconds``;
+            since a call also has a fixed cost, this settles where a run takes ``run_seconds``.
+        small_request_texts: requests of at most this many texts go first in every other run
+            while they wait (0: plain arrival order).
         batch_size: the ``batch_size`` cap of each ``encode`` (the token budget decides below it).
         worker_thread: start a worker thread at the first request (default). False: nothing runs
             until the owner calls :meth:`run_forever` in a thread of its choosing (the main thread
@@ -155,21 +172,28 @@ class BatchScheduler:
         max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS,
         max_texts_per_run: int = DEFAULT_MAX_TEXTS_PER_RUN,
         max_tokens_per_run: int | None = None,
+        run_seconds: float | None = DEFAULT_RUN_SECONDS,
         small_request_texts: int = DEFAULT_SMALL_REQUEST_TEXTS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         worker_thread: bool = True,
     ) -> None:
-        if max_tokens_per_run is None:
-            max_tokens_per_run = _engine_budget(model) // 8
-        if min(max_queued_texts, max_texts_per_run, max_tokens_per_run) < 1 or small_request_texts < 0:
-            raise ValueError("max_queued_texts, max_texts_per_run and max_tokens_per_run must be positive, small_request_texts not negative")
+        given = {"max_queued_texts": max_queued_texts, "max_texts_per_run": max_texts_per_run, "max_tokens_per_run": max_tokens_per_run, "run_seconds": run_seconds}
+        for name, value in given.items():
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if small_request_texts < 0:
+            raise ValueError(f"small_request_texts must not be negative, got {small_request_texts}")
         self.model = model
         self.max_queued_texts = max_queued_texts
         self.max_texts_per_run = max_texts_per_run
         self.max_tokens_per_run = max_tokens_per_run
+        self.run_seconds = None if max_tokens_per_run is not None else run_seconds
+        engine_budget = _engine_budget(model)
+        self._budget_bounds = (MIN_RUN_TOKENS, 4 * engine_budget)
+        self._tokens_per_second: float | None = None  # moving mean over full runs, for the adaptive budget
         self.small_request_texts = small_request_texts
         self.batch_size = batch_size
-        self.stats = SchedulerStats()
+        self.stats = SchedulerStats(run_tokens=max_tokens_per_run or engine_budget // 8)
         self._queue: deque[_Request | _Call] = deque()
         self._queued_texts = 0
         self._small_turn = False  # whether the last run was one of small requests only
@@ -299,20 +323,14 @@ class BatchScheduler:
                 waiting.append(item)
             small = [r for r in waiting if len(r.texts) <= self.small_request_texts]
             self._small_turn = bool(small) and not self._small_turn
-            candidates = small if self._small_turn else waiting
-            group = (candidates[0].task, candidates[0].instruction)
-            budget = self.max_tokens_per_run // 2 if self._small_turn else self.max_tokens_per_run  # small runs stay short
-            taken: list[_Request] = []
-            texts = tokens = 0
-            for request in candidates:
-                if not self._small_turn and (request.task, request.instruction) != group:
-                    continue  # a small turn takes every template set (one encode each), a large one only the first's
-                fits = texts + len(request.texts) <= self.max_texts_per_run and tokens + request.tokens <= budget
-                if taken and not fits:
-                    continue  # a smaller one behind it may still fit; the first always goes
-                taken.append(request)
-                texts += len(request.texts)
-                tokens += request.tokens
+            budget = self.stats.run_tokens
+            if self._small_turn:  # the small requests of every template set first, then the others of their sets
+                taken = _fill(small, [], budget // 2, self.max_texts_per_run, None)
+                groups = {(r.task, r.instruction) for r in taken}
+                taken = _fill(waiting, taken, budget, self.max_texts_per_run, groups)
+            else:  # arrival order, the oldest request's template set
+                taken = _fill(waiting, [], budget, self.max_texts_per_run, {(waiting[0].task, waiting[0].instruction)})
+            texts = sum(len(r.texts) for r in taken)
             chosen = {id(r) for r in taken}
             self._queue = deque(item for item in self._queue if id(item) not in chosen)
             self._queued_texts -= texts
@@ -350,10 +368,24 @@ class BatchScheduler:
             groups: dict[tuple[Task | None, str | None], list[_Request]] = {}
             for request in live:
                 groups.setdefault((request.task, request.instruction), []).append(request)  # type: ignore[union-attr, arg-type]
-            for (task, instruction), requests in groups.items():
-                self._run_group(task, instruction, requests)
+            seconds = sum(self._run_group(task, instruction, requests) for (task, instruction), requests in groups.items())
+            if self.run_seconds is not None and seconds > 0:
+                self._adapt(sum(r.tokens for r in live), seconds)
 
-    def _run_group(self, task: Task | None, instruction: str | None, requests: list[_Request]) -> None:
+    def _adapt(self, tokens: int, seconds: float) -> None:
+        """After a run of ``tokens`` that took ``seconds``: if it was full (half its budget or
+        more; a short queue says nothing of the rate), the budget becomes the tokens/s so far
+        times ``run_seconds``."""
+        with self._condition:
+            if tokens * 2 < self.stats.run_tokens:
+                return
+            rate = tokens / seconds
+            self._tokens_per_second = rate if self._tokens_per_second is None else (self._tokens_per_second + rate) / 2
+            low, high = self._budget_bounds
+            self.stats.run_tokens = min(high, max(low, round(self._tokens_per_second * self.run_seconds)))  # type: ignore[operator]
+
+    def _run_group(self, task: Task | None, instruction: str | None, requests: list[_Request]) -> float:
+        """One ``encode`` of the requests' texts, each request's rows to its future; the seconds it took."""
         texts = [t for r in requests for t in r.texts]
         options: dict[str, Any] = {"instruction": instruction} if instruction is not None else {}
         started = time.perf_counter()
@@ -366,7 +398,7 @@ class BatchScheduler:
                 self.stats.failed += len(requests)
             for request in requests:
                 request.future.set_exception(error)
-            return
+            return 0.0
         vectors = np.asarray(vectors, dtype=np.float32)
         done = time.perf_counter()
         start = 0
@@ -379,6 +411,7 @@ class BatchScheduler:
         for request in requests:
             request.future.set_result(vectors[start : start + len(request.texts)])
             start += len(request.texts)
+        return done - started
 
     # -- life cycle -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -387,7 +420,7 @@ class BatchScheduler:
             stats = self.stats
             return {
                 "requests": stats.requests, "texts": stats.texts, "runs": stats.runs, "rejected": stats.rejected,
-                "cancelled": stats.cancelled, "failed": stats.failed, "queued_texts": self._queued_texts,
+                "cancelled": stats.cancelled, "failed": stats.failed, "queued_texts": self._queued_texts, "run_tokens": stats.run_tokens,
                 **{name: _parts(getattr(stats, name)) for name in ("run_texts", "run_seconds", "latency_seconds")},
             }
 
@@ -411,6 +444,26 @@ class BatchScheduler:
     def _dimension(self) -> int:
         get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         return int(get())
+
+
+def _fill(
+    candidates: list[_Request], taken: list[_Request], tokens: int, texts: int, groups: set[tuple[Task | None, str | None]] | None
+) -> list[_Request]:
+    """``taken`` and then, in order, the ``candidates`` of ``groups`` (any, for None) that fit in
+    ``tokens`` and ``texts`` with them (the first always goes; a smaller one behind a request that
+    does not fit still may)."""
+    taken = list(taken)
+    chosen = {id(r) for r in taken}
+    used_tokens, used_texts = sum(r.tokens for r in taken), sum(len(r.texts) for r in taken)
+    for request in candidates:
+        if id(request) in chosen or (groups is not None and (request.task, request.instruction) not in groups):
+            continue
+        if taken and (used_texts + len(request.texts) > texts or used_tokens + request.tokens > tokens):
+            continue
+        taken.append(request)
+        used_tokens += request.tokens
+        used_texts += len(request.texts)
+    return taken
 
 
 def _parts(histogram: Histogram) -> tuple:

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from ..data import DataError
-from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS
+from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS, DEFAULT_RUN_SECONDS
 from .common import add_device, load_model
 
 API_KEY_VARIABLE = "ECHO_EMBEDDINGS_API_KEY"
@@ -33,9 +33,11 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--max-input-chars", type=int, default=32_768, help="characters per item (default: %(default)s)")
     serve.add_argument("--max-queued-texts", type=int, default=DEFAULT_MAX_QUEUED_TEXTS, help="texts waiting before 429 (default: %(default)s)")
     serve.add_argument(
-        "--max-run-tokens", type=int, default=None, metavar="N",
-        help="tokens merged into one model call: higher is more throughput and slower queries under load (default: 256 on CPU, 4096 on GPU)",
+        "--run-seconds", type=float, default=DEFAULT_RUN_SECONDS, metavar="S",
+        help="what one model call of merged requests should take; the token budget follows the measured speed: "
+        "longer is more throughput and slower queries under load (default: %(default)s)",
     )
+    serve.add_argument("--max-run-tokens", type=int, default=None, metavar="N", help="a fixed token budget a model call instead of --run-seconds")
     add_device(serve)
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level (default: %(default)s)")
 
@@ -45,12 +47,13 @@ def run(args: argparse.Namespace) -> None:
         from ..server import ServerLimits, create_app, make_scheduler, serve
     except ImportError:
         raise DataError('serving needs FastAPI and uvicorn: pip install "echo-embeddings[serve]"') from None
-    for flag in ("max_inputs", "max_input_chars", "max_queued_texts", "port", "max_run_tokens"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+    for flag in ("max_inputs", "max_input_chars", "max_queued_texts", "port", "max_run_tokens", "run_seconds"):
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             raise DataError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     model = load_model(args.model, args.strategy, args.device, args.dtype, args.quantize)
     limits = ServerLimits(
-        max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_queued_texts=args.max_queued_texts, max_run_tokens=args.max_run_tokens,
+        max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_queued_texts=args.max_queued_texts,
+        run_seconds=args.run_seconds, max_run_tokens=args.max_run_tokens,
     )
     scheduler = make_scheduler(model, limits, worker_thread=False)  # its worker is this, the main, thread: see serve()
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..models.dimensions import truncation_note
 from ..output_format import OutputFormat
-from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS, BatchScheduler, QueueFullError, SchedulerClosedError
+from ..scheduler import DEFAULT_MAX_QUEUED_TEXTS, DEFAULT_RUN_SECONDS, BatchScheduler, QueueFullError, SchedulerClosedError
 from .metrics import ServerMetrics
 from .schemas import MODEL_SUFFIXES, RequestError, parse_request
 
@@ -54,9 +54,12 @@ class ServerLimits:
     """Texts waiting for the model across all requests (429 past it)."""
     retry_after_seconds: int = 1
     """What a 429 tells the client to wait."""
+    run_seconds: float = DEFAULT_RUN_SECONDS
+    """What one model call of merged requests should take; the scheduler sets its token budget
+    from the tokens/s it measures (:class:`~echo_embeddings.scheduler.BatchScheduler`'s
+    ``run_seconds``): longer is more throughput and longer query latency (about two runs)."""
     max_run_tokens: int | None = None
-    """Tokens the scheduler puts into one model call (:class:`~echo_embeddings.scheduler.BatchScheduler`'s
-    ``max_tokens_per_run``): more is more throughput and longer query latency. None: its default."""
+    """A fixed token budget a model call instead (``max_tokens_per_run``); None: set by ``run_seconds``."""
 
 
 def create_app(
@@ -223,7 +226,10 @@ def _error(exc: RequestError, headers: dict[str, str] | None = None) -> JSONResp
 
 def make_scheduler(model: Any, limits: ServerLimits, *, worker_thread: bool = True) -> BatchScheduler:
     """The scheduler the app sends requests to, sized by ``limits``."""
-    return BatchScheduler(model, max_queued_texts=limits.max_queued_texts, max_tokens_per_run=limits.max_run_tokens, worker_thread=worker_thread)
+    return BatchScheduler(
+        model, max_queued_texts=limits.max_queued_texts, max_tokens_per_run=limits.max_run_tokens, run_seconds=limits.run_seconds,
+        worker_thread=worker_thread,
+    )
 
 
 async def _unless_disconnected(request: Request, future: Any) -> np.ndarray:

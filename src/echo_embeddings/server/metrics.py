@@ -40,7 +40,8 @@ class ServerMetrics:
         lines += _counter("scheduler_runs_total", "Merged runs of the model (each one or more token-budget batches).", scheduler["runs"])
         lines += _counter("scheduler_rejected_total", "Requests refused because the queue was full.", scheduler["rejected"])
         lines += _counter("scheduler_cancelled_total", "Requests dropped before running because their client went away.", scheduler["cancelled"])
-        lines += [f"# HELP {PREFIX}_queue_texts Texts waiting for the model.", f"# TYPE {PREFIX}_queue_texts gauge", f"{PREFIX}_queue_texts {scheduler['queued_texts']}"]
+        lines += _gauge("queue_texts", "Texts waiting for the model.", scheduler["queued_texts"])
+        lines += _gauge("run_token_budget", "Tokens the scheduler merges into one run now (it follows the measured speed).", scheduler["run_tokens"])
         lines += _histogram("run_texts", "Texts merged into one run of the model.", _as_histogram(scheduler["run_texts"]))
         lines += _histogram("run_seconds", "Time of one run of the model; its sum over the elapsed time is how busy the model was.", _as_histogram(scheduler["run_seconds"]))
         lines += _histogram("scheduler_wait_seconds", "Time from queueing to vectors, inside the scheduler.", _as_histogram(scheduler["latency_seconds"]))
@@ -49,6 +50,10 @@ class ServerMetrics:
 
 def _counter(name: str, help_text: str, value: int) -> list[str]:
     return [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} counter", f"{PREFIX}_{name} {value}"]
+
+
+def _gauge(name: str, help_text: str, value: int) -> list[str]:
+    return [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} gauge", f"{PREFIX}_{name} {value}"]
 
 
 def _as_histogram(parts: tuple) -> Histogram:
