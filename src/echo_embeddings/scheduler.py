@@ -27,8 +27,8 @@ fixed ``max_tokens_per_run``). Runs alternate between two kinds when *small* req
 
 The budget trades latency for throughput: a longer run amortises the per-call cost (a model call
 streams all the weights once, whatever its size) but holds a query back longer, for about two
-runs. In tokens the right budget differs by machine (on 2 CPU cores, 512 tokens take 0.5 s on one
-and 1 s on another; on a GPU a run of 0.5 s holds thousands); in seconds it does not.
+runs. In tokens the right budget differs by machine and model (on 2 CPU cores, 512 tokens of
+SmolLM2 echo took about 1 s on one CPU and over 2 s on another); in seconds it does not.
 ``benchmarks/serve_load.py`` measures both at several budgets.
 
 The queue is bounded in texts: a request that would overflow it fails at once with
@@ -196,7 +196,7 @@ class BatchScheduler:
         self.stats = SchedulerStats(run_tokens=max_tokens_per_run or engine_budget // 8)
         self._queue: deque[_Request | _Call] = deque()
         self._queued_texts = 0
-        self._small_turn = False  # whether the last run was one of small requests only
+        self._small_turn = False  # whether the last run took the small requests first
         self._closed = False
         self._condition = threading.Condition()
         self._worker_thread = worker_thread
