@@ -363,7 +363,7 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=600, help="distinct sentences drawn from (default: %(default)s)")
     parser.add_argument("--levels", default="1,8,32,128", help="concurrent clients per level")
     parser.add_argument(
-        "--run-tokens", default="0.5s,256,1024", help="scheduler budgets to measure: seconds a run (adaptive, '0.5s') or fixed tokens a run (default: %(default)s)"
+        "--run-tokens", default="0.5s,256,1s", help="scheduler budgets to measure: seconds a run (adaptive, '0.5s') or fixed tokens a run (default: %(default)s)"
     )
     parser.add_argument("--requests", type=int, default=240, help="requests per level, split across its clients (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=180, help="time limit per level (default: %(default)s)")
