@@ -175,6 +175,37 @@ def test_the_recipe_writes_the_pairs_file_and_its_triplets_train(generator_folde
     assert len(losses) >= 4 and sum(losses[-2:]) < sum(losses[:2])
 
 
+def test_a_sample_of_passages_gets_queries_and_every_passage_still_ranks(generator_folder: Path, tmp_path: Path) -> None:
+    model = echo_embeddings.load(str(save_tiny_model(tmp_path / "embedder")), "echo", device="cpu")
+    passages = [Passage(f"p{i}", f"Passage {i} tells of {topic} {i}.") for i, topic in enumerate(["cats", "rain", "stocks", "bread"] * 3)]
+    asked: list[list[str]] = []
+    generate = gq.generate_queries
+
+    def spy(writer, tokenizer, chosen, **kwargs):
+        asked.append([p.id for p in chosen])
+        return [[f"what of {p.text.split()[-2]} {p.id[1:]}"] for p in chosen]  # each query names its passage's words
+
+    def recipe(seed: int) -> list[dict]:
+        out = tmp_path / f"pairs{seed}.jsonl"
+        gq.queries_from_corpus(model, passages, generator=str(generator_folder), max_passages=5, top_k=1, pairs_out=out, seed=seed, show_progress_bar=False)
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    gq.generate_queries = spy
+    try:
+        first, again = recipe(0), recipe(0)
+        recipe(1)
+    finally:
+        gq.generate_queries = generate
+    assert len(asked[0]) == 5 and asked[0] == sorted(asked[0], key=lambda i: int(i[1:]))  # five, in corpus order
+    assert first == again and asked[0] == asked[1] and asked[2] != asked[0]  # the sample follows the seed
+    assert [r["passage_id"] for r in first] == asked[0]
+    # Ranked against all twelve: the hard negative may be a passage that got no query.
+    assert all(r["kept"] and r["rank"] == 1 for r in first)
+    assert {r["negative_id"] for r in first} - set(asked[0])
+    with pytest.raises(ValueError, match="max_passages must be at least 1"):
+        gq.queries_from_corpus(model, passages, generator=str(generator_folder), max_passages=0)
+
+
 def test_corpus_files_are_read_whole_and_bad_rows_are_named(tmp_path: Path) -> None:
     text = tmp_path / "paragraphs.txt"
     text.write_text("First paragraph,\nwrapped.\n\n\nSecond one.\n")
@@ -207,3 +238,5 @@ def test_the_cli_reports_a_bad_corpus_before_loading_anything(tmp_path: Path, mo
     good.write_text("A paragraph.\n\nAnother.\n")
     assert cli.main(["train", "--queries-from", str(good), "--pairs-out", str(tmp_path / "no" / "p.jsonl"), "--out", str(tmp_path / "out")]) == 2
     assert "--pairs-out" in capsys.readouterr().err
+    assert cli.main(["train", "--queries-from", str(good), "--max-passages", "-1", "--out", str(tmp_path / "out")]) == 2
+    assert "--max-passages -1: give a number of passages, or 0 for all" in capsys.readouterr().err

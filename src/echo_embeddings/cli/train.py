@@ -31,6 +31,10 @@ def add_parser(commands: Any) -> None:
     )
     tr.add_argument("--corpus-column", default=None, help="the text field of a JSONL/Parquet --queries-from corpus (default: text)")
     tr.add_argument("--generator", default=None, help="the causal LM that writes the queries (default: --model)")
+    tr.add_argument(
+        "--max-passages", type=int, default=2000, metavar="N",
+        help="write queries for a random sample of N passages (under --seed; every passage still ranks in the filter); 0: all (default: %(default)s)",
+    )
     tr.add_argument("--queries-per-passage", type=int, default=1, help="queries written for each passage; more than one are sampled (default: %(default)s)")
     tr.add_argument("--filter-top-k", type=int, default=3, help="keep a query when its own passage ranks in the top K (default: %(default)s)")
     tr.add_argument(
@@ -111,6 +115,8 @@ def run(args: argparse.Namespace) -> None:
     if passages is not None:
         if args.queries_per_passage < 1 or args.filter_top_k < 1:
             raise DataError("--queries-per-passage and --filter-top-k take a positive number")
+        if args.max_passages < 0:
+            raise DataError(f"--max-passages {args.max_passages}: give a number of passages, or 0 for all")
         if args.pairs_out:
             check_output_file(args.pairs_out, "--pairs-out")
         data = None
@@ -135,7 +141,9 @@ def run(args: argparse.Namespace) -> None:
         read_from = f" (columns {', '.join(data.columns)})" if data.columns else ""
         print(f"{len(data)} {data.kind} from {data.source}{read_from}", file=sys.stderr)
     else:
-        print(f"{len(passages)} passages from {args.queries_from}: writing queries for them", file=sys.stderr)
+        sample = args.max_passages and min(args.max_passages, len(passages))
+        which = f"a sample of {sample} of them (--max-passages; 0 for all)" if sample and sample < len(passages) else "them"
+        print(f"{len(passages)} passages from {args.queries_from}: writing queries for {which}", file=sys.stderr)
     check_model(args.model, args.strategy)
     if args.generator:
         check_model(args.generator, None)
@@ -145,7 +153,7 @@ def run(args: argparse.Namespace) -> None:
     model = load_model(args.model, args.strategy, args.device, args.dtype or training_dtype(args.device))
     if data is None:
         data = tr.queries_from_corpus(
-            model, passages, generator=args.generator, per_passage=args.queries_per_passage, top_k=args.filter_top_k,
+            model, passages, generator=args.generator, per_passage=args.queries_per_passage, max_passages=args.max_passages or None, top_k=args.filter_top_k,
             hard_negatives=args.hard_negatives, ranker=args.filter_with, pairs_out=args.pairs_out, filter_max_seq_length=args.max_seq_length, seed=args.seed, source=f"queries written for {args.queries_from}",
         )
         print(f"{len(data)} {data.kind} kept from the generated queries", file=sys.stderr)

@@ -348,6 +348,7 @@ def queries_from_corpus(
     *,
     generator: str | None = None,
     per_passage: int = 1,
+    max_passages: int | None = None,
     top_k: int = 3,
     hard_negatives: bool = True,
     ranker: Ranker = "bm25",
@@ -363,17 +364,27 @@ def queries_from_corpus(
     """The whole recipe before training: ``generator`` (default: the decoder ``model`` was loaded
     from) writes ``per_passage`` queries a passage, ``ranker`` (``model`` or BM25) filters them by
     round trip and mines hard negatives, ``pairs_out`` (when given) gets every query with its rank and fate, and the
-    kept ones come back as training data. The generator is freed before the filter runs."""
+    kept ones come back as training data. The generator is freed before the filter runs.
+
+    ``max_passages``: queries are written for a random sample of that many passages (under
+    ``seed``, logged), and still ranked against every passage; writing is most of the time, and a
+    few thousand queries are more than a short fine-tune uses."""
     name = generator or model[0].source
     if name is None:
         raise ValueError("name the generator: the model was built from a decoder object, so there is no checkpoint to write queries with")
+    if max_passages is not None and max_passages < 1:
+        raise ValueError(f"max_passages must be at least 1 (None: every passage), got {max_passages}")
+    chosen = list(range(len(passages)))
+    if max_passages is not None and max_passages < len(passages):
+        chosen = sorted(np.random.default_rng(seed).choice(len(passages), max_passages, replace=False).tolist())
+        logger.info("queries are written for %d of the %d passages (a sample under seed %d: max_passages)", max_passages, len(passages), seed)
     writer, tokenizer = load_generator(name, device=model.device)
     start = time.perf_counter()
     try:
-        queries = generate_queries(
+        written_for = generate_queries(
             writer,
             tokenizer,
-            passages,
+            [passages[i] for i in chosen],
             per_passage=per_passage,
             max_new_tokens=max_new_tokens,
             max_passage_tokens=max_passage_tokens,
@@ -384,7 +395,10 @@ def queries_from_corpus(
     finally:
         del writer
     written = time.perf_counter() - start
-    logger.info("queries written in %.0f s (%.2f passages/s)", written, len(passages) / written)
+    logger.info("queries written in %.0f s (%.2f passages/s)", written, len(chosen) / written)
+    queries: list[list[str]] = [[] for _ in passages]
+    for i, asked in zip(chosen, written_for, strict=True):
+        queries[i] = asked
     start = time.perf_counter()
     generated = round_trip(
         model,
@@ -400,11 +414,12 @@ def queries_from_corpus(
         write_pairs(pairs_out, generated)
     kept = sum(g.kept for g in generated)
     logger.info(
-        "%d queries written for %d passages; %d kept by the round trip (own passage in the top %d), filtered in %.0f s",
+        "%d queries written for %d passages; %d kept by the round trip (own passage in the top %d of %d), filtered in %.0f s",
         len(generated),
-        len(passages),
+        len(chosen),
         kept,
         top_k,
+        len(passages),
         time.perf_counter() - start,
     )
     return training_data(passages, generated, source)
