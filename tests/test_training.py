@@ -4,6 +4,8 @@ templates, training files checked before any model work, and the train command."
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -294,9 +296,10 @@ def test_every_offered_loss_trains_on_an_echo_model(tmp_path, loss) -> None:
     assert any("lora_" in n and p.abs().sum() > 0 for n, p in after.items() if "lora_B" in n)  # the adapter moved
 
 
-def test_a_training_length_cap_cuts_training_prompts_only(tmp_path, monkeypatch) -> None:
-    """``max_seq_length`` in ``train`` truncates the training prompts (with the engine's warning)
-    and is taken back afterwards: the saved model runs at its own length."""
+def test_a_training_length_cap_cuts_training_prompts_only(tmp_path, monkeypatch, caplog) -> None:
+    """``max_seq_length`` in ``train`` truncates the training prompts, says so once in the log
+    (not in a warning for every batch), and is taken back afterwards: the saved model runs at
+    its own length and warns again when it truncates."""
     model = echo_embeddings.load(str(save_tiny_model(tmp_path / "base")), "echo", device="cpu")
     inference_length = model[0].max_seq_length
     engine = model[0].engine
@@ -312,10 +315,18 @@ def test_a_training_length_cap_cuts_training_prompts_only(tmp_path, monkeypatch)
     monkeypatch.setattr(engine, "collate", recording)  # every batch the trainer builds
     long = " ".join(["words of a long document"] * 20)
     rows = [(f"title {i}", f"{long} {i}") for i in range(8)]
-    with pytest.warns(UserWarning, match="truncated before repetition so that the prompt fits max_seq_length=40"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="echo_embeddings"):
+        warnings.simplefilter("always")
         training.train(model, training.TrainingData("pairs", rows, "memory"), tmp_path / "out", max_steps=2, batch_size=4, lora_layers=[2, 3], max_seq_length=40, show_progress_bar=False)
     assert len(longest) >= 2 and max(longest) <= 40
+    assert [r.getMessage() for r in caplog.records if "prompts cut" in r.getMessage()] == [
+        f"training prompts cut to 40 tokens; the saved model keeps max_seq_length={inference_length}"
+    ]
+    assert not [(w.filename, w.lineno, str(w.message)) for w in caught if "fits max_seq_length=40" in str(w.message)]
     assert model[0].max_seq_length == inference_length
+    model[0].max_seq_length = 40
+    with pytest.warns(UserWarning, match="truncated before repetition so that the prompt fits max_seq_length=40"):
+        model.encode([long])  # outside training the engine warns as before
     saved = json.loads((tmp_path / "out" / "echo_embeddings_config.json").read_text())
     assert saved["max_seq_length"] == inference_length > 40
 

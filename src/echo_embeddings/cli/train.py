@@ -68,7 +68,7 @@ def add_parser(commands: Any) -> None:
     )
     tr.add_argument(
         "--max-seq-length", type=int, default=None, metavar="N",
-        help="cut training prompts to N tokens, with a warning (long documents train faster); the saved model keeps its own",
+        help="cut training prompts to N tokens, said once in the log (long documents train faster); the saved model keeps its own",
     )
     tr.add_argument(
         "--max-batch-tokens", type=int, default=None, metavar="N",

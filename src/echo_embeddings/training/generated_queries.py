@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import time
-import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -304,8 +303,7 @@ def round_trip(
         chunks = BM25(texts).scores(asked)
     else:
         cut = prompt_length(model[0], max_seq_length, "round-trip") if max_seq_length is not None else nullcontext()
-        with cut, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*truncated before repetition")  # the cut just announced
+        with cut:
             documents = model.encode_document(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
             vectors = model.encode_query(asked, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar)
         chunks = iter([np.asarray(vectors) @ np.asarray(documents).T])

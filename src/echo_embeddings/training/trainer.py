@@ -218,13 +218,20 @@ def _prefix_cache_off(module: Any, off: bool) -> Iterator[None]:
 
 @contextmanager
 def prompt_length(module: Any, length: int | None, purpose: str = "training") -> Iterator[None]:
-    """``module.max_seq_length`` set to ``length`` for the block (``None``: unchanged), then put back."""
+    """``module.max_seq_length`` set to ``length`` for the block (``None``: unchanged), then put back.
+
+    The cut is announced once here, so the engine's warning for each batch it truncates is not
+    repeated inside the block."""
     inference_length = module.max_seq_length
-    if length is not None:
-        module.max_seq_length = length  # validated by the setting itself
-        logger.info("%s prompts cut to %d tokens; the saved model keeps max_seq_length=%d", purpose, length, inference_length)
-    try:
+    if length is None:
         yield
+        return
+    module.max_seq_length = length  # validated by the setting itself
+    logger.info("%s prompts cut to %d tokens; the saved model keeps max_seq_length=%d", purpose, length, inference_length)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*truncated before repetition")
+            yield
     finally:
         module.max_seq_length = inference_length
 
