@@ -50,18 +50,40 @@ def test_generation_is_batched_seeded_and_stops_at_a_newline_or_the_cap(generato
     calls, outputs = [], []
     original = model.generate
     monkeypatch.setattr(model, "generate", lambda **k: calls.append(k) or outputs.append(original(**k)) or outputs[-1])
-    greedy = gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, show_progress_bar=False)
+    greedy = gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, drop_unfinished=False, show_progress_bar=False)
     assert len(calls) == 2 and calls[0]["input_ids"].shape[0] == 2  # two batches of two, one generate call each
     assert tokenizer.convert_tokens_to_ids(tokenizer.tokenize("\n"))[0] in calls[0]["eos_token_id"]
-    assert greedy == gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, show_progress_bar=False)
+    assert greedy == gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, drop_unfinished=False, show_progress_bar=False)
     assert all(out.shape[1] - call["input_ids"].shape[1] <= 6 for call, out in zip(calls, outputs))  # the length cap
     assert all("\n" not in query for queries in greedy for query in queries)
     state = torch.random.get_rng_state()
-    sampled = gq.generate_queries(model, tokenizer, PASSAGES, per_passage=3, seed=1, max_new_tokens=6, show_progress_bar=False)
+    sampled = gq.generate_queries(model, tokenizer, PASSAGES, per_passage=3, seed=1, max_new_tokens=6, drop_unfinished=False, show_progress_bar=False)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
-    assert sampled == gq.generate_queries(model, tokenizer, PASSAGES, per_passage=3, seed=1, max_new_tokens=6, show_progress_bar=False)
-    assert sampled != gq.generate_queries(model, tokenizer, PASSAGES, per_passage=3, seed=2, max_new_tokens=6, show_progress_bar=False)
+    assert sampled == gq.generate_queries(model, tokenizer, PASSAGES, per_passage=3, seed=1, max_new_tokens=6, drop_unfinished=False, show_progress_bar=False)
+    assert sampled != gq.generate_queries(model, tokenizer, PASSAGES, per_passage=3, seed=2, max_new_tokens=6, drop_unfinished=False, show_progress_bar=False)
     assert all(len(q) <= 3 for q in sampled) and sum(map(len, sampled)) > len(PASSAGES)
+
+
+def test_a_query_that_runs_to_the_cap_without_ending_is_left_out_and_counted(generator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    model, tokenizer = generator
+    newline = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("\n"))[0]
+    words = tokenizer("cats sleep all day long", add_special_tokens=False)["input_ids"][:4]
+    # The first two passages end their query with a newline, the other two run to the cap of four tokens.
+    endings = {0: [*words[:2], newline, tokenizer.pad_token_id], 1: [*words[:3], newline], 2: words, 3: words}
+
+    def generate(input_ids, **kwargs):
+        prompts = tokenizer.batch_decode(input_ids, skip_special_tokens=True)  # rows come longest prompt first
+        rows = [endings[next(i for i, p in enumerate(PASSAGES) if p.text in prompt)] for prompt in prompts]
+        return torch.cat([input_ids, torch.tensor(rows, device=input_ids.device)], dim=1)
+
+    monkeypatch.setattr(model, "generate", generate)
+    with caplog.at_level("WARNING", logger="echo_embeddings.training.generated_queries"):
+        dropped = gq.generate_queries(model, tokenizer, PASSAGES, batch_size=4, max_new_tokens=4, show_progress_bar=False)
+    assert [bool(q) for q in dropped] == [True, True, False, False]
+    assert dropped[0] == [tokenizer.decode(words[:2]).strip()]
+    assert "2 of 4 generated queries ran to max_new_tokens=4 without ending" in caplog.text
+    kept = gq.generate_queries(model, tokenizer, PASSAGES, batch_size=4, max_new_tokens=4, drop_unfinished=False, show_progress_bar=False)
+    assert kept[:2] == dropped[:2] and kept[2] == kept[3] == [tokenizer.decode(words).strip()]
 
 
 def test_the_shared_examples_run_once_and_change_nothing(generator, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,10 +94,10 @@ def test_the_shared_examples_run_once_and_change_nothing(generator, monkeypatch:
         assert head + tokenizer(rest.format(passage=passage.text), add_special_tokens=False)["input_ids"] == whole
     forwards = []
     monkeypatch.setattr(model, "forward", lambda *a, _f=model.forward, **k: forwards.append(k["input_ids"].shape) or _f(*a, **k))
-    cached = gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, show_progress_bar=False)
+    cached = gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, drop_unfinished=False, show_progress_bar=False)
     assert forwards[0] == (1, len(head))  # the examples once; each batch then starts after them
     assert all(shape[1] < len(head) for shape in forwards[1:])
-    assert cached == gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, prefix_cache=False, show_progress_bar=False)
+    assert cached == gq.generate_queries(model, tokenizer, PASSAGES, batch_size=2, max_new_tokens=6, prefix_cache=False, drop_unfinished=False, show_progress_bar=False)
 
 
 def test_a_checkpoint_without_an_lm_head_is_refused(tmp_path: Path) -> None:
@@ -154,7 +176,7 @@ def test_the_recipe_writes_the_pairs_file_and_its_triplets_train(generator_folde
     encode_document = model.encode_document
     model.encode_document = lambda texts, **k: lengths.append(model.max_seq_length) or encode_document(texts, **k)
     data = gq.queries_from_corpus(
-        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, ranker="embedder", pairs_out=tmp_path / "pairs.jsonl", filter_max_seq_length=48, show_progress_bar=False
+        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, ranker="embedder", pairs_out=tmp_path / "pairs.jsonl", filter_max_seq_length=48, drop_unfinished=False, show_progress_bar=False
     )
     del model.encode_document
     assert lengths == [48] and model.max_seq_length != 48  # the filter's prompts cut as training will cut them, then put back

@@ -6,8 +6,8 @@ mines a hard negative for each, and the result trains like any (query, passage, 
 - :func:`load_generator`: the causal LM that writes (the embedded model's own weights with their
   LM head, or another one).
 - :func:`generate_queries`: batched decoding with the KV cache, greedy for one query a passage
-  (deterministic) or sampled under a seed for several, each query stopping at a newline or
-  ``max_new_tokens``.
+  (deterministic) or sampled under a seed for several, each query stopping at a newline, and
+  left out when it runs to ``max_new_tokens`` without one.
 - :func:`round_trip`: the filter and the hard negatives.
 - :func:`write_pairs`: the JSONL file of every generated query, kept or not, and why.
 """
@@ -185,6 +185,7 @@ def generate_queries(
     seed: int = 0,
     ask: str = ASK,
     prefix_cache: bool = True,
+    drop_unfinished: bool = True,
     show_progress_bar: bool = True,
 ) -> list[list[str]]:
     """``per_passage`` queries for each passage, in passage order.
@@ -192,6 +193,9 @@ def generate_queries(
     - A query that comes out empty or repeats an example's query is left out (a passage may get
       fewer), and a passage longer than ``max_passage_tokens`` is cut for the prompt: each with a
       warning giving the count.
+    - So is a query that runs to ``max_new_tokens`` without ending (``drop_unfinished``): it is
+      cut mid-sentence, and most often the passage's own words carried on rather than a
+      question, which the BM25 round trip would keep because it copies its passage.
     - Every prompt starts with the same examples: their keys and values are computed once and
       shared by every batch (``prefix_cache``), so only the passage and the query are run.
     - Batches hold prompts of similar length. One query a passage decodes greedily; several are
@@ -216,7 +220,8 @@ def generate_queries(
     sampling = {"do_sample": True, "temperature": 0.8, "top_p": 0.95} if per_passage > 1 else {"do_sample": False}
     device = input_device(generator)
     out: list[list[str]] = [[] for _ in tails]
-    examples, dropped = {q.lower() for _, q in FEW_SHOT}, 0
+    examples, dropped, unfinished = {q.lower() for _, q in FEW_SHOT}, 0, 0
+    stop_ids = torch.tensor(stops, device=device)
     # Sampling draws from torch's global generator: seeded here, and the caller's state restored after.
     with (
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
@@ -249,10 +254,13 @@ def generate_queries(
                 top_k=None,
                 **sampling,
             )
-            new = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
-            for r, text in enumerate(new):
+            new_ids = generated[:, ids.shape[1] :]
+            ended = torch.isin(new_ids, stop_ids).any(dim=1).tolist()  # a finished row holds its stop token (pads come after)
+            for r, text in enumerate(tokenizer.batch_decode(new_ids, skip_special_tokens=True)):
                 query = clean_query(text)
-                if query and query.lower() not in examples:
+                if drop_unfinished and not ended[r]:
+                    unfinished += 1
+                elif query and query.lower() not in examples:
                     out[rows[r]].append(query)
                 else:
                     dropped += 1
@@ -260,6 +268,13 @@ def generate_queries(
     if dropped:
         logger.warning(
             "%d of %d generated queries were empty or repeated an example's query, and were left out", dropped, len(tails) * per_passage
+        )
+    if unfinished:
+        logger.warning(
+            "%d of %d generated queries ran to max_new_tokens=%d without ending, and were left out (drop_unfinished=False keeps them)",
+            unfinished,
+            len(tails) * per_passage,
+            max_new_tokens,
         )
     return out
 
@@ -353,6 +368,7 @@ def queries_from_corpus(
     pairs_out: str | Path | None = None,
     max_new_tokens: int = 32,
     max_passage_tokens: int = 256,
+    drop_unfinished: bool = True,
     filter_max_seq_length: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
@@ -366,7 +382,10 @@ def queries_from_corpus(
 
     ``max_passages``: queries are written for a random sample of that many passages (under
     ``seed``, logged), and still ranked against every passage; writing is most of the time, and a
-    few thousand queries are more than a short fine-tune uses."""
+    few thousand queries are more than a short fine-tune uses.
+
+    ``drop_unfinished``: leave out queries that run to ``max_new_tokens`` without ending
+    (:func:`generate_queries`)."""
     name = generator or model[0].source
     if name is None:
         raise ValueError("name the generator: the model was built from a decoder object, so there is no checkpoint to write queries with")
@@ -388,6 +407,7 @@ def queries_from_corpus(
             max_passage_tokens=max_passage_tokens,
             batch_size=batch_size,
             seed=seed,
+            drop_unfinished=drop_unfinished,
             show_progress_bar=show_progress_bar,
         )
     finally:
