@@ -136,7 +136,7 @@ class Vectors:
 def test_round_trip_keeps_queries_that_find_their_passage_and_mines_the_best_other_one() -> None:
     embedder = Vectors({"finds a": [1, 0.5, 0, 0], "finds c second": [0, 0, 0.6, 1], "finds nothing of b": [0, 0.1, 1, 0.9]})
     queries = [["finds a"], ["finds nothing of b"], ["finds c second"], []]
-    rows = gq.round_trip(embedder, PASSAGES, queries, top_k=2, ranker="embedder", show_progress_bar=False)
+    rows = gq.round_trip(embedder, PASSAGES, queries, top_k=2, hard_negatives=True, ranker="embedder", show_progress_bar=False)
     by_query = {r.query: r for r in rows}
     assert (by_query["finds a"].rank, by_query["finds a"].kept, by_query["finds a"].negative_id) == (1, True, "b")
     assert (by_query["finds c second"].rank, by_query["finds c second"].kept, by_query["finds c second"].negative_id) == (2, True, "d")
@@ -157,7 +157,7 @@ def test_bm25_scores_as_the_formula_and_can_rank_the_round_trip() -> None:
     assert scores[0] == pytest.approx([0, 2 * 2.2 / (2 + 1.2 * (0.25 + 0.75 * 3 / 2.5)) * idf_c], rel=1e-6)
     assert scores[1, 0] > scores[1, 1] > 0 and not scores[2].any()  # words lower-cased; an unknown word scores nothing
     queries = [["cats hunt at night"], ["bank losses"], ["zebra"], ["pool the second copy", "echo"]]
-    rows = gq.round_trip(None, PASSAGES, queries, top_k=1, ranker="bm25", show_progress_bar=False)
+    rows = gq.round_trip(None, PASSAGES, queries, top_k=1, hard_negatives=True, ranker="bm25", show_progress_bar=False)
     assert [(r.query, r.rank, r.kept, r.negative_id) for r in rows] == [
         ("cats hunt at night", 1, True, "b"),  # the others tie at zero: the first of them
         ("bank losses", 1, True, "a"),
@@ -176,7 +176,7 @@ def test_the_recipe_writes_the_pairs_file_and_its_triplets_train(generator_folde
     encode_document = model.encode_document
     model.encode_document = lambda texts, **k: lengths.append(model.max_seq_length) or encode_document(texts, **k)
     data = gq.queries_from_corpus(
-        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, ranker="embedder", pairs_out=tmp_path / "pairs.jsonl", filter_max_seq_length=48, drop_unfinished=False, show_progress_bar=False
+        model, passages, generator=str(generator_folder), per_passage=2, top_k=12, hard_negatives=True, ranker="embedder", pairs_out=tmp_path / "pairs.jsonl", filter_max_seq_length=48, drop_unfinished=False, show_progress_bar=False
     )
     del model.encode_document
     assert lengths == [48] and model.max_seq_length != 48  # the filter's prompts cut as training will cut them, then put back
@@ -209,13 +209,14 @@ def test_a_sample_of_passages_gets_queries_and_every_passage_still_ranks(generat
 
     def recipe(seed: int) -> list[dict]:
         out = tmp_path / f"pairs{seed}.jsonl"
-        gq.queries_from_corpus(model, passages, generator=str(generator_folder), max_passages=5, top_k=1, pairs_out=out, seed=seed, show_progress_bar=False)
+        gq.queries_from_corpus(model, passages, generator=str(generator_folder), max_passages=5, top_k=1, hard_negatives=True, pairs_out=out, seed=seed, show_progress_bar=False)
         return [json.loads(line) for line in out.read_text().splitlines()]
 
     gq.generate_queries = spy
     try:
         first, again = recipe(0), recipe(0)
         recipe(1)
+        default = gq.queries_from_corpus(model, passages, generator=str(generator_folder), max_passages=5, top_k=1, show_progress_bar=False)
     finally:
         gq.generate_queries = generate
     assert len(asked[0]) == 5 and asked[0] == sorted(asked[0], key=lambda i: int(i[1:]))  # five, in corpus order
@@ -224,6 +225,7 @@ def test_a_sample_of_passages_gets_queries_and_every_passage_still_ranks(generat
     # Ranked against all twelve: the hard negative may be a passage that got no query.
     assert all(r["kept"] and r["rank"] == 1 for r in first)
     assert {r["negative_id"] for r in first} - set(asked[0])
+    assert default.kind == "pairs" and len(default) == 5  # hard negatives are asked for, not the default
     with pytest.raises(ValueError, match="max_passages must be at least 1"):
         gq.queries_from_corpus(model, passages, generator=str(generator_folder), max_passages=0)
 

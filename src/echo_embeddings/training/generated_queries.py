@@ -1,7 +1,8 @@
 """Training data for retrieval without labels: a causal LM writes queries for the passages of a
-corpus (doc2query, InPars, Promptagator and GPL did this for other retrievers), the zero-shot
-embedder keeps the queries whose own passage it ranks near the top (round-trip consistency) and
-mines a hard negative for each, and the result trains like any (query, passage, negative) file.
+corpus (doc2query, InPars, Promptagator and GPL did this for other retrievers), a ranker (BM25 or
+the zero-shot embedder) keeps the queries whose own passage it ranks near the top (round-trip
+consistency), optionally with a mined hard negative for each, and the result trains like any
+(query, passage) or (query, passage, negative) file.
 
 - :func:`load_generator`: the causal LM that writes (the embedded model's own weights with their
   LM head, or another one).
@@ -288,15 +289,15 @@ def round_trip(
     queries: Sequence[Sequence[str]],
     *,
     top_k: int = 3,
-    hard_negatives: bool = True,
+    hard_negatives: bool = False,
     ranker: Ranker = "bm25",
     max_seq_length: int | None = None,
     batch_size: int = 256,
     show_progress_bar: bool = True,
 ) -> list[GeneratedQuery]:
     """Every generated query with the rank its own passage gets among all passages; kept when that
-    rank is at most ``top_k``. A kept query's hard negative is the best-ranked passage other than
-    its own. Ties count against the query: a query that shares no word with any passage under
+    rank is at most ``top_k``. With ``hard_negatives``, a kept query's negative is the
+    best-ranked passage other than its own. Ties count against the query: a query that shares no word with any passage under
     BM25 ranks last.
 
     - ``ranker``: ``"bm25"`` (the default) ranks with :class:`~echo_embeddings.training.bm25.BM25`
@@ -363,7 +364,7 @@ def queries_from_corpus(
     per_passage: int = 1,
     max_passages: int | None = None,
     top_k: int = 3,
-    hard_negatives: bool = True,
+    hard_negatives: bool = False,
     ranker: Ranker = "bm25",
     pairs_out: str | Path | None = None,
     max_new_tokens: int = 32,
@@ -377,8 +378,13 @@ def queries_from_corpus(
 ) -> TrainingData:
     """The whole recipe before training: ``generator`` (default: the decoder ``model`` was loaded
     from) writes ``per_passage`` queries a passage, ``ranker`` (``model`` or BM25) filters them by
-    round trip and mines hard negatives, ``pairs_out`` (when given) gets every query with its rank and fate, and the
-    kept ones come back as training data. The generator is freed before the filter runs.
+    round trip (and mines hard negatives with ``hard_negatives``), ``pairs_out`` (when given) gets
+    every query with its rank and fate, and the kept ones come back as training data. The
+    generator is freed before the filter runs.
+
+    ``hard_negatives`` is off by default: on SciFact (SmolLM2 echo, the same 1,328 queries)
+    training with them scored the same as without (74.9 and 74.9 nDCG@10 on the 300-abstract
+    sample) and took 1.8 times as long.
 
     ``max_passages``: queries are written for a random sample of that many passages (under
     ``seed``, logged), and still ranked against every passage; writing is most of the time, and a
