@@ -297,8 +297,8 @@ def round_trip(
 ) -> list[GeneratedQuery]:
     """Every generated query with the rank its own passage gets among all passages; kept when that
     rank is at most ``top_k``. With ``hard_negatives``, a kept query's negative is the
-    best-ranked passage other than its own. Ties count against the query: a query that shares no word with any passage under
-    BM25 ranks last.
+    best-ranked passage other than its own. Ties count against the query: a query that shares no
+    word with any passage under BM25 ranks last.
 
     - ``ranker``: ``"bm25"`` (the default) ranks with :class:`~echo_embeddings.training.bm25.BM25`
       over the passage texts, in seconds; ``"embedder"`` with ``model`` (cosine of query and
