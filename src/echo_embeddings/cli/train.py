@@ -43,7 +43,7 @@ def add_parser(commands: Any) -> None:
     )
     tr.add_argument(
         "--hard-negatives", action=argparse.BooleanOptionalAction, default=False,
-        help="also train with the best-ranked other passage as a negative (default: off; on SciFact they changed nothing and took 1.8x the training time)",
+        help="also train with the best-ranked other passage as a negative (default: off; on SciFact they changed nothing and took about twice the training time)",
     )
     tr.add_argument("--pairs-out", default=None, metavar="FILE", help="write every generated query (JSONL: passage_id, query, rank, kept, negative_id); those cut off at 32 tokens are only counted in the log")
     tr.add_argument("--model", default=None, help="alias, id, folder or .gguf (default: the embedded smollm2-135m)")

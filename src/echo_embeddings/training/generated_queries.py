@@ -384,7 +384,7 @@ def queries_from_corpus(
 
     ``hard_negatives`` is off by default: on SciFact (SmolLM2 echo, the same 1,328 queries)
     training with them scored the same as without (74.9 and 74.9 nDCG@10 on the 300-abstract
-    sample) and took 1.8 times as long.
+    sample) and took about twice as long.
 
     ``max_passages``: queries are written for a random sample of that many passages (under
     ``seed``, logged), and still ranked against every passage; writing is most of the time, and a
