@@ -92,6 +92,9 @@ def test_adapter_round_trip_and_merge(tmp_path) -> None:
     assert torch.allclose(merged.encode(TEXTS, convert_to_tensor=True), adapted, atol=1e-5)
     with pytest.raises(ValueError, match="no LoRA adapter to merge"):
         echo_embeddings.merge_lora(merged)
+    model.save(str(folder))  # merged weights over the adapter's own folder (train --merge): the stale adapter goes
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors") == ["model.safetensors"]
+    assert torch.allclose(echo_embeddings.load(str(folder), device="cpu").encode(TEXTS, convert_to_tensor=True), adapted, atol=1e-5)
 
 
 def test_sentence_transformers_add_adapter_takes_a_peft_config(make_model) -> None:

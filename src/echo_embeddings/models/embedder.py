@@ -15,6 +15,7 @@ whitening, ...) run on its output. ``save`` writes its tokenizer, ``echo_embeddi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from ..engine.loading import Placement, load_decoder
 from ..engine.presets import CHECKPOINT_PRESETS, PRESETS, Preset
 from ..engine.settings import SETTING_NAMES, EmbedderSettings, with_setting_attributes
 from ..engine.template import Template
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "echo_embeddings_config.json"
 FINGERPRINT_STRIDE = 1009
@@ -245,6 +248,10 @@ class EchoEmbedder(InputModule):
                     "Hugging Face id saves without its weights, naming the base, and can be saved quantized)"
                 )
             self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        stale = Path(output_path) / lora.ADAPTER_WEIGHTS
+        if self.lora is None and stale.exists():  # an earlier save's adapter (e.g. before merge_lora): the new config does not name it
+            stale.unlink()
+            logger.info("removed %s: an earlier save's adapter, which this save's config does not load", stale)
         self.save_tokenizer(output_path)
         self.save_config(output_path)
 
