@@ -37,7 +37,7 @@ CHARTS = {
     "big_models": (["load peak / weights"], False),
     "mteb_instructions": (["mean"], True),
 }
-NO_BOLD = {"serve_load", "engine_speed", "cpu_precision", "big_models", "generated_queries", "generated_queries_other_tasks", "generated_queries_whole_corpus", "generated_queries_combinations", "generated_queries_models"}
+NO_BOLD = {"serve_load", "engine_speed", "cpu_precision", "big_models", "generated_queries", "generated_queries_other_tasks", "generated_queries_whole_corpus", "generated_queries_combinations", "generated_queries_models", "generated_queries_variants"}
 """Tables whose columns mix directions (rates and latencies): no best value is marked."""
 
 
